@@ -1,0 +1,45 @@
+"""Configs: presets, strict overrides, YAML loading."""
+
+from __future__ import annotations
+
+import pytest
+
+from waveflow.config import ConfigError, config_from_dict, load_config, make_config, model_preset
+
+
+def test_overrides_apply_on_top_of_preset():
+    cfg = make_config("small", {"model": {"n_layers": 2}, "train": {"lr": 3e-4, "batch_size": 2}})
+    assert cfg.model.n_layers == 2 and cfg.model.n_channels == model_preset("small").n_channels
+    assert cfg.train.lr == 3e-4
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"model": {"n_flow": 3}}, r"unknown key\(s\) \['n_flow'\] in 'model'"),
+        ({"modle": {}}, r"unknown top-level config key\(s\) \['modle'\]"),
+        ({"model": {"n_flows": "12"}}, "model.n_flows must be an integer, got '12'"),
+        ({"model": {"lu": 1}}, "model.lu must be true or false"),
+        ({"train": {"precision": "fp8"}}, r"train.precision must be one of \['auto', 'fp32', 'bf16', 'fp16'\]"),
+        ({"model": {"n_group": 6, "n_early_size": 1}}, "needs an even number"),
+        ({"model": {"kernel_size": 4}}, "kernel_size must be odd"),
+        ({"model": {"n_mels": 40}}, r"model.n_mels \(40\) must equal mel.n_mels \(80\)"),
+        ({"preset": "huge"}, "unknown model preset 'huge'"),
+    ],
+)
+def test_bad_overrides_are_refused(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        make_config("default", overrides)
+
+
+def test_load_config_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: tiny\ntrain:\n  segment_length: 4096\n")
+    cfg = load_config(path)
+    assert cfg.preset == "tiny" and cfg.train.segment_length == 4096 and cfg.model.n_flows == 4
+    path.write_text("model: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: config section 'model' must be a mapping"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")

@@ -1,0 +1,193 @@
+"""Log-mel front end and wav I/O.
+
+The mel follows CONVENTIONS.md: by default the Tacotron 2 / WaveGlow convention
+(reflect-pad n_fft/2 each side, magnitude, Slaney mel, natural log of clamp(mel, 1e-5));
+``preset="hifigan"`` pads (n_fft - hop)/2 each side with ``center=False`` and takes
+``sqrt(re^2 + im^2 + 1e-9)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from waveflow.config import MelConfig
+
+log = logging.getLogger("waveflow")
+
+_HIFIGAN_MAG_EPS = 1e-9
+
+
+def hz_to_mel(freq: np.ndarray) -> np.ndarray:
+    """Slaney mel scale: linear below 1 kHz, logarithmic above."""
+    freq = np.asarray(freq, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    linear = freq / f_sp
+    with np.errstate(divide="ignore"):
+        logpart = min_log_mel + np.log(np.maximum(freq, 1e-10) / min_log_hz) / logstep
+    return np.where(freq >= min_log_hz, logpart, linear)
+
+
+def mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    mels = np.asarray(mels, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), f_sp * mels)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
+    """Triangular Slaney-scale filters with Slaney area normalisation, shape (n_mels, n_fft // 2 + 1)."""
+    fft_freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    widths = np.diff(edges)
+    ramps = edges[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights
+
+
+class MelSpectrogram(nn.Module):
+    """Waveform ``(B, T)`` or ``(T,)`` in [-1, 1] -> log-mel ``(B, n_mels, frames)``, float32.
+
+    Runs on whatever device the module is on; frames = 1 + T // hop (default preset) or
+    T // hop (hifigan preset).
+    """
+
+    def __init__(self, cfg: MelConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or MelConfig()
+        cfg.validate()
+        # Window and filterbank are float64 constants kept off the module's buffers, so that
+        # .half() or .to(dtype) on an enclosing model never degrades them; a copy per device is
+        # made on first use.
+        self._window = torch.hann_window(cfg.win_length, periodic=True, dtype=torch.float64)
+        self._basis = torch.from_numpy(mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max))
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on_device:
+            self._on_device[device] = (self._window.to(device), self._basis.to(device))
+        return self._on_device[device]
+
+    @property
+    def hop_length(self) -> int:
+        return self.cfg.hop_length
+
+    def min_samples(self) -> int:
+        """Shortest input the reflect padding accepts (and that gives at least one frame)."""
+        if self.cfg.preset == "hifigan":
+            return max(self.cfg.hop_length, (self.cfg.n_fft - self.cfg.hop_length) // 2 + 1)
+        return self.cfg.n_fft // 2 + 1
+
+    def magnitude(self, audio: torch.Tensor) -> torch.Tensor:
+        """Linear magnitude spectrogram ``(B, n_fft // 2 + 1, frames)``."""
+        cfg = self.cfg
+        window, _ = self._constants(audio.device)
+        if cfg.preset == "hifigan":
+            pad = (cfg.n_fft - cfg.hop_length) // 2
+            audio = F.pad(audio.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+            spec = torch.stft(
+                audio, cfg.n_fft, cfg.hop_length, cfg.win_length, window, center=False, return_complex=True
+            )
+            return torch.sqrt(spec.real.square() + spec.imag.square() + _HIFIGAN_MAG_EPS)
+        spec = torch.stft(
+            audio,
+            cfg.n_fft,
+            cfg.hop_length,
+            cfg.win_length,
+            window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
+        return spec.abs()
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(audio):
+            raise TypeError(f"audio must be a torch.Tensor, got {type(audio).__name__}")
+        squeeze = audio.dim() == 1
+        if squeeze:
+            audio = audio.unsqueeze(0)
+        if audio.dim() != 2:
+            raise ValueError(f"audio has shape {tuple(audio.shape)}; expected (batch, samples) or (samples,)")
+        if audio.shape[-1] < self.min_samples():
+            raise ValueError(
+                f"audio has {audio.shape[-1]} samples; the mel needs at least {self.min_samples()} "
+                f"(n_fft={self.cfg.n_fft}, preset {self.cfg.preset!r})"
+            )
+        # STFT, filterbank and log run in float64 whatever the input dtype or autocast: in float32
+        # the quietest bands (mel near the 1e-5 clamp) drift by up to 1e-3 in log, and the cost
+        # is negligible next to the vocoder.
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            mag = self.magnitude(audio.double())
+            mel = torch.matmul(self._constants(audio.device)[1], mag)
+            mel = torch.log(torch.clamp(mel, min=self.cfg.clamp_min)).float()
+        return mel.squeeze(0) if squeeze else mel
+
+
+def load_wav(path: str | Path, sample_rate: int = 22050) -> np.ndarray:
+    """Read a wav as float32 mono in [-1, 1] at ``sample_rate``.
+
+    Stereo is averaged to mono and another rate is resampled with librosa; both are logged
+    so the user knows the file was not used as is.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    try:
+        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
+        raise ValueError(f"{path}: cannot read audio ({exc})") from None
+    if audio.shape[1] > 1:
+        log.warning("%s: %d channels mixed down to mono", path, audio.shape[1])
+        audio = audio.mean(axis=1)
+    else:
+        audio = audio[:, 0]
+    if sr != sample_rate:
+        import librosa
+
+        log.warning("%s: resampled from %d Hz to %d Hz", path, sr, sample_rate)
+        audio = librosa.resample(audio, orig_sr=sr, target_sr=sample_rate, res_type="soxr_hq").astype(np.float32)
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def save_wav(path: str | Path, audio: np.ndarray | torch.Tensor, sample_rate: int = 22050) -> None:
+    """Write 16-bit PCM mono atomically: a temp file beside ``path``, then a rename.
+
+    Nothing is left at ``path`` if writing fails.
+    """
+    import soundfile as sf
+
+    if torch.is_tensor(audio):
+        audio = audio.detach().float().cpu().numpy()
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    if not np.all(np.isfinite(audio)):
+        raise ValueError(f"{path}: refusing to write audio that contains NaN or Inf")
+    audio = np.clip(audio, -1.0, 32767.0 / 32768.0)
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise ValueError(f"{path}: output folder {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            sf.write(handle, audio, sample_rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

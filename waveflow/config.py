@@ -1,0 +1,326 @@
+"""Typed configuration: mel front end, model, training.
+
+Configs are nested dataclasses. A recipe YAML holds overrides only; ``load_config``
+starts from a named model preset and applies them, refusing unknown or ill-typed keys
+so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, ill-typed or out of range."""
+
+
+@dataclass
+class MelConfig:
+    """Log-mel convention (see CONVENTIONS.md). ``preset`` selects the padding/magnitude rule."""
+
+    sample_rate: int = 22050
+    n_fft: int = 1024
+    win_length: int = 1024
+    hop_length: int = 256
+    n_mels: int = 80
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    clamp_min: float = 1e-5
+    preset: Literal["default", "hifigan"] = "default"
+
+    def validate(self) -> None:
+        _check(self.sample_rate > 0, "mel.sample_rate must be positive")
+        _check(self.win_length <= self.n_fft, "mel.win_length must be <= mel.n_fft")
+        _check(0 < self.hop_length <= self.win_length, "mel.hop_length must be in (0, win_length]")
+        _check(self.n_mels > 0, "mel.n_mels must be positive")
+        _check(
+            0 <= self.f_min < self.f_max <= self.sample_rate / 2,
+            f"mel band must satisfy 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}..{self.f_max}",
+        )
+        _check(self.clamp_min > 0, "mel.clamp_min must be positive")
+        if self.preset == "hifigan":
+            _check(
+                (self.n_fft - self.hop_length) % 2 == 0,
+                "the hifigan preset pads (n_fft - hop_length) / 2 each side; that must be an integer",
+            )
+
+    def frames(self, num_samples: int) -> int:
+        """Number of mel frames this convention produces for ``num_samples`` samples."""
+        if self.preset == "hifigan":
+            return num_samples // self.hop_length
+        return 1 + num_samples // self.hop_length
+
+
+@dataclass
+class ModelConfig:
+    """WaveGlow architecture. Defaults are NVIDIA's published ``waveglow_256channels``."""
+
+    n_mels: int = 80
+    n_flows: int = 12
+    n_group: int = 8
+    n_early_every: int = 4
+    n_early_size: int = 2
+    # WaveNet-like conditioner of every affine coupling.
+    n_layers: int = 8
+    n_channels: int = 256
+    kernel_size: int = 3
+    # Mel upsampler: ConvTranspose1d(n_mels, n_mels, upsample_kernel, stride=hop_length).
+    hop_length: int = 256
+    upsample_kernel: int = 1024
+    # Options beyond the published model.
+    weight_norm: bool = True
+    lu: bool = False
+    actnorm: bool = False
+
+    def validate(self) -> None:
+        for name in ("n_mels", "n_flows", "n_group", "n_layers", "n_channels", "hop_length"):
+            _check(getattr(self, name) > 0, f"model.{name} must be positive")
+        _check(self.n_early_every >= 0, "model.n_early_every must be >= 0 (0 disables early outputs)")
+        _check(self.n_early_size >= 0, "model.n_early_size must be >= 0")
+        _check(self.kernel_size % 2 == 1, "model.kernel_size must be odd (non-causal 'same' convolutions)")
+        _check(
+            self.upsample_kernel >= self.hop_length,
+            "model.upsample_kernel must be >= model.hop_length, or upsampled frames leave gaps",
+        )
+        for k, channels in enumerate(self.channels_per_flow()):
+            _check(
+                channels >= 2 and channels % 2 == 0,
+                f"flow {k} would see {channels} channels; the affine coupling needs an even number >= 2 "
+                f"(n_group={self.n_group}, n_early_every={self.n_early_every}, n_early_size={self.n_early_size})",
+            )
+
+    def early_output_at(self, k: int) -> bool:
+        """Whether ``n_early_size`` channels leave the flow before flow ``k``."""
+        return self.n_early_every > 0 and self.n_early_size > 0 and k > 0 and k % self.n_early_every == 0
+
+    def channels_per_flow(self) -> list[int]:
+        channels, out = self.n_group, []
+        for k in range(self.n_flows):
+            if self.early_output_at(k):
+                channels -= self.n_early_size
+            out.append(channels)
+        return out
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping for ``waveflow train``."""
+
+    seed: int = 1234
+    segment_length: int = 16000
+    batch_size: int = 12
+    lr: float = 1e-4
+    lr_schedule: Literal["constant", "cosine", "exponential"] = "constant"
+    lr_min: float = 0.0
+    lr_decay: float = 0.999998
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
+    sigma: float = 1.0  # prior std of z during training
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    max_steps: int = 100_000
+    log_every: int = 10
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    num_workers: int = 2
+    max_bad_steps: int = 10  # consecutive non-finite steps before the run stops
+    eval_sigma: float = 0.6
+    eval_audio_clips: int = 2
+    eval_max_clips: int = 0  # 0: every dev clip
+
+    def validate(self) -> None:
+        for name in ("segment_length", "batch_size", "max_steps", "log_every", "eval_every", "checkpoint_every"):
+            _check(getattr(self, name) > 0, f"train.{name} must be positive")
+        _check(self.lr > 0, "train.lr must be positive")
+        _check(self.sigma > 0, "train.sigma must be positive")
+        _check(self.keep_last >= 1, "train.keep_last must be >= 1")
+        _check(self.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
+        _check(self.grad_clip >= 0, "train.grad_clip must be >= 0")
+
+
+@dataclass
+class Config:
+    """Everything a run needs; written beside every run and inside every checkpoint."""
+
+    preset: str = "default"
+    mel: MelConfig = field(default_factory=MelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        self.mel.validate()
+        self.model.validate()
+        self.train.validate()
+        _check(
+            self.model.n_mels == self.mel.n_mels,
+            f"model.n_mels ({self.model.n_mels}) must equal mel.n_mels ({self.mel.n_mels})",
+        )
+        _check(
+            self.model.hop_length == self.mel.hop_length,
+            f"model.hop_length ({self.model.hop_length}) must equal mel.hop_length ({self.mel.hop_length})",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Named model presets. Values are overrides of ModelConfig's defaults.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # Unit tests: a few hundred parameters' worth of layers, all features exercised.
+    "tiny": dict(n_flows=4, n_group=4, n_early_every=2, n_early_size=2, n_layers=2, n_channels=8, upsample_kernel=512),
+    # Trains on a laptop CPU in minutes; >5x fewer parameters than the default.
+    "small": dict(
+        n_flows=8, n_group=8, n_early_every=4, n_early_size=2, n_layers=4, n_channels=64, upsample_kernel=512
+    ),
+    # NVIDIA's published waveglow_256channels configuration.
+    "default": dict(),
+    # The paper's model: 512 conditioner channels.
+    "paper": dict(n_channels=512),
+}
+
+
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    """A validated ``ModelConfig`` for a named preset, with optional field overrides."""
+    if name not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; expected one of {sorted(MODEL_PRESETS)}")
+    cfg = _from_dict(ModelConfig, {**MODEL_PRESETS[name], **overrides}, "model")
+    cfg.validate()
+    return cfg
+
+
+def make_config(preset: str = "default", overrides: dict[str, Any] | None = None) -> Config:
+    """Build a validated ``Config`` from a preset name and nested overrides.
+
+    ``overrides`` looks like a recipe YAML: ``{"model": {...}, "mel": {...}, "train": {...}}``.
+    """
+    overrides = dict(overrides or {})
+    preset = overrides.pop("preset", preset)
+    if not isinstance(preset, str) or preset not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model preset {preset!r}; expected one of {sorted(MODEL_PRESETS)}")
+    unknown = set(overrides) - {"mel", "model", "train"}
+    if unknown:
+        raise ConfigError(
+            f"unknown top-level config key(s) {sorted(unknown)}; expected 'preset', 'mel', 'model', 'train'"
+        )
+    for section in ("mel", "model", "train"):
+        if not isinstance(overrides.get(section, {}), dict):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+    cfg = Config(
+        preset=preset,
+        mel=_from_dict(MelConfig, overrides.get("mel", {}), "mel"),
+        model=_from_dict(ModelConfig, {**MODEL_PRESETS[preset], **overrides.get("model", {})}, "model"),
+        train=_from_dict(TrainConfig, overrides.get("train", {}), "train"),
+    )
+    cfg.validate()
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a ``Config`` saved by ``Config.to_dict`` (e.g. from a checkpoint)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping, got {type(data).__name__}")
+    data = dict(data)
+    preset = data.pop("preset", "default")
+    unknown = set(data) - {"mel", "model", "train"}
+    if unknown:
+        raise ConfigError(f"unknown top-level config key(s) {sorted(unknown)}")
+    cfg = Config(
+        preset=preset if isinstance(preset, str) else "default",
+        mel=_from_dict(MelConfig, data.get("mel", {}), "mel"),
+        model=_from_dict(ModelConfig, data.get("model", {}), "model"),
+        train=_from_dict(TrainConfig, data.get("train", {}), "train"),
+    )
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a YAML file of overrides (``preset``, ``mel``, ``model``, ``train``)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return make_config(overrides=data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def with_overrides(cfg: Config, section: str, **values: Any) -> Config:
+    """A copy of ``cfg`` with fields of one section replaced (validated)."""
+    sub = getattr(cfg, section)
+    new = replace(cfg, **{section: _from_dict(type(sub), {**asdict(sub), **values}, section)})
+    new.validate()
+    return new
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {where!r} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where!r}; known keys: {sorted(known)}")
+    values = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{where} must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in get_args(hint):
+            if arg is type(None) and value is None:
+                return None
+        non_none = [a for a in get_args(hint) if a is not type(None)]
+        return _coerce(value, non_none[0], where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, where)
+    return value

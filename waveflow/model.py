@@ -1,0 +1,178 @@
+"""WaveGlow: a 1D Glow over groups of audio samples, conditioned on the upsampled mel.
+
+forward (training, exact likelihood):
+    audio (B, T) --squeeze--> (B, n_group, T/n_group) --[flow k: early output? -> [actnorm]
+    -> 1x1 conv -> affine coupling] x n_flows--> z (B, n_group, T/n_group), log|det J| (B,)
+
+inverse (inference) runs the same modules backwards; ``infer`` samples z ~ N(0, sigma^2)
+and calls ``inverse``. There is no second hand-written copy of the network.
+
+Length policy: a training input whose length is not a multiple of ``n_group`` is trimmed
+(the last ``T % n_group`` samples are dropped, and the likelihood is that of the rest);
+inference generates ``ceil(L / n_group) * n_group`` samples and trims to ``L``
+(default ``L = frames * hop_length``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from waveflow.config import ModelConfig
+from waveflow.flows import FlowStep, squeeze, squeeze_cond, unsqueeze
+
+
+class WaveGlow(nn.Module):
+    def __init__(self, cfg: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or ModelConfig()
+        cfg.validate()
+        self.upsample = nn.ConvTranspose1d(cfg.n_mels, cfg.n_mels, cfg.upsample_kernel, stride=cfg.hop_length)
+        cond_channels = cfg.n_mels * cfg.n_group
+        self.flows = nn.ModuleList(
+            FlowStep(
+                channels,
+                cond_channels,
+                cfg.n_layers,
+                cfg.n_channels,
+                cfg.kernel_size,
+                weight_norm=cfg.weight_norm,
+                lu=cfg.lu,
+                actnorm=cfg.actnorm,
+            )
+            for channels in cfg.channels_per_flow()
+        )
+
+    # ------------------------------------------------------------------ inputs
+    def _check_mel(self, mel: torch.Tensor) -> None:
+        n_mels = self.cfg.n_mels
+        if not torch.is_tensor(mel):
+            raise TypeError(f"mel must be a torch.Tensor of shape (batch, {n_mels}, frames), got {type(mel).__name__}")
+        if mel.dim() != 3 or mel.shape[1] != n_mels:
+            raise ValueError(
+                f"mel has shape {tuple(mel.shape)}; expected (batch, {n_mels}, frames)"
+                + (" - it looks time-major, transpose it" if mel.dim() == 3 and mel.shape[2] == n_mels else "")
+            )
+        if mel.shape[2] < 1:
+            raise ValueError(f"mel has no frames; expected (batch, {n_mels}, frames >= 1)")
+        if not torch.isfinite(mel).all():
+            raise ValueError("mel contains NaN or Inf")
+
+    def _check_audio(self, audio: torch.Tensor, mel: torch.Tensor) -> int:
+        """Validate a training pair; returns the usable audio length (multiple of n_group)."""
+        cfg = self.cfg
+        if not torch.is_tensor(audio) or audio.dim() != 2:
+            shape = tuple(audio.shape) if torch.is_tensor(audio) else type(audio).__name__
+            raise ValueError(f"audio has shape {shape}; expected (batch, samples)")
+        self._check_mel(mel)
+        if audio.shape[0] != mel.shape[0]:
+            raise ValueError(f"audio batch {audio.shape[0]} does not match mel batch {mel.shape[0]}")
+        if audio.shape[1] < cfg.n_group:
+            raise ValueError(f"audio has {audio.shape[1]} samples; expected at least one group of {cfg.n_group}")
+        if not torch.isfinite(audio).all():
+            raise ValueError("audio contains NaN or Inf")
+        length = audio.shape[1] - audio.shape[1] % cfg.n_group
+        frames = mel.shape[2]
+        lo, hi = self.frame_range(length)
+        if not lo <= frames <= hi:
+            raise ValueError(
+                f"mel has {frames} frames but audio has {audio.shape[1]} samples; expected {lo}..{hi} frames "
+                f"(hop {cfg.hop_length}: about 1 + samples // hop)"
+            )
+        return length
+
+    def frame_range(self, length: int) -> tuple[int, int]:
+        """Mel frame counts accepted for ``length`` samples: enough for the upsampled mel
+        to cover the audio, and no more than a centred STFT (plus one frame of slack for a
+        length trimmed to a multiple of n_group) would give."""
+        cfg = self.cfg
+        lo = max(1, math.ceil((length - cfg.upsample_kernel) / cfg.hop_length) + 1)
+        hi = length // cfg.hop_length + 2
+        return lo, hi
+
+    # ------------------------------------------------------------ conditioning
+    def upsample_mel(self, mel: torch.Tensor, length: int) -> torch.Tensor:
+        """Mel ``(B, n_mels, F)`` -> squeezed conditioning ``(B, n_mels * n_group, length / n_group)``.
+
+        The transposed convolution gives ``(F - 1) * hop + upsample_kernel`` steps, trimmed to
+        ``length`` (padded by repeating the last step if a configuration leaves it short).
+        """
+        up = self.upsample(mel)
+        if up.shape[2] < length:
+            up = torch.nn.functional.pad(up, (0, length - up.shape[2]), mode="replicate")
+        return squeeze_cond(up[:, :, :length], self.cfg.n_group)
+
+    # ------------------------------------------------------------------- flow
+    def forward(self, audio: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """audio ``(B, T)``, mel ``(B, n_mels, F)`` -> z ``(B, n_group, T // n_group)``,
+        log|det dz/daudio| ``(B,)`` in float32.
+
+        z's channels are the early outputs in the order they left the flow, then the
+        channels that went through every flow (the layout ``inverse`` expects).
+        """
+        length = self._check_audio(audio, mel)
+        cond = self.upsample_mel(mel, length)
+        x = squeeze(audio[:, :length], self.cfg.n_group)
+        logdet = x.new_zeros(x.shape[0], dtype=torch.float32)
+        early: list[torch.Tensor] = []
+        for k, flow in enumerate(self.flows):
+            if self.cfg.early_output_at(k):
+                early.append(x[:, : self.cfg.n_early_size])
+                x = x[:, self.cfg.n_early_size :]
+            x, ld = flow(x, cond)
+            logdet = logdet + ld
+        return torch.cat([*early, x], dim=1), logdet
+
+    def inverse(self, z: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        """z ``(B, n_group, T')`` and mel ``(B, n_mels, F)`` -> audio ``(B, T' * n_group)``."""
+        self._check_mel(mel)
+        cfg = self.cfg
+        if z.dim() != 3 or z.shape[0] != mel.shape[0] or z.shape[1] != cfg.n_group:
+            raise ValueError(f"z has shape {tuple(z.shape)}; expected ({mel.shape[0]}, {cfg.n_group}, steps)")
+        cond = self.upsample_mel(mel, z.shape[2] * cfg.n_group)
+        n_early = sum(cfg.early_output_at(k) for k in range(cfg.n_flows))
+        split = n_early * cfg.n_early_size
+        early = list(z[:, :split].split(cfg.n_early_size, dim=1)) if split else []
+        x = z[:, split:]
+        for k in reversed(range(cfg.n_flows)):
+            x = self.flows[k].inverse(x, cond)
+            if cfg.early_output_at(k):
+                x = torch.cat([early.pop(), x], dim=1)
+        return unsqueeze(x)
+
+    def latent_shape(self, batch: int, length: int) -> tuple[int, int, int]:
+        """Shape of z for ``length`` output samples (rounded up to a whole group)."""
+        return batch, self.cfg.n_group, -(-length // self.cfg.n_group)
+
+    def infer(
+        self,
+        mel: torch.Tensor,
+        sigma: float = 0.6,
+        z: torch.Tensor | None = None,
+        length: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample audio ``(B, length)`` for mel ``(B, n_mels, F)``; ``length`` defaults to F * hop.
+
+        ``z`` (shape ``latent_shape(B, length)``, as returned by ``forward``) is used as is and
+        makes the result reproducible; otherwise z ~ N(0, sigma^2) is drawn from ``generator``
+        on the mel's device and dtype.
+        """
+        self._check_mel(mel)
+        cfg = self.cfg
+        if length is None:
+            length = mel.shape[2] * cfg.hop_length
+        max_len = (mel.shape[2] - 1) * cfg.hop_length + cfg.upsample_kernel
+        if not 0 < length <= max_len:
+            raise ValueError(f"length {length} is outside 1..{max_len} for a mel of {mel.shape[2]} frames")
+        shape = self.latent_shape(mel.shape[0], length)
+        if z is None:
+            z = torch.randn(shape, generator=generator, device=mel.device, dtype=mel.dtype) * sigma
+        elif tuple(z.shape) != shape:
+            raise ValueError(f"z has shape {tuple(z.shape)}; expected {shape} for {length} samples")
+        return self.inverse(z, mel)[:, :length]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
