@@ -1,0 +1,130 @@
+"""Checkpoints as plain data.
+
+A checkpoint is a dict of tensors, numbers and strings: ``format``, ``version``,
+``config`` (``Config.to_dict()``), ``model`` (the state dict) and, for training,
+``optimizer``, ``scaler``, ``step``, ``rng`` and whatever else the trainer adds. It is
+never a pickled module: it loads with ``torch.load(weights_only=True)``, which executes
+no code, and needs nothing of the training code to be used.
+
+Writes are atomic: a temp file in the same folder, fsynced, then renamed over the target,
+so an interrupted save never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from waveflow.config import Config, ConfigError, config_from_dict
+from waveflow.model import WaveGlow
+
+FORMAT = "waveflow"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, not waveflow's, or does not fit the model."""
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temp file beside ``path``, then rename; nothing partial is left."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise CheckpointError(f"{path}: folder {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def make_checkpoint(model: WaveGlow, cfg: Config, **extra: Any) -> dict[str, Any]:
+    """The plain-data checkpoint of ``model`` with its config and any extra entries."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {"format": FORMAT, "version": VERSION, "config": cfg.to_dict(), "model": state, **extra}
+
+
+def save_checkpoint(path: str | Path, model: WaveGlow, cfg: Config, **extra: Any) -> None:
+    atomic_save(make_checkpoint(model, cfg, **extra), path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate a waveflow checkpoint without executing code; tensors on CPU."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, expected a checkpoint file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on foreign pickle protocols
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        hint = ""
+        if "weights_only" in str(exc) or "global" in str(exc).lower():
+            hint = " (it holds pickled Python objects; an NVIDIA WaveGlow checkpoint? see `waveflow convert-nvidia`)"
+        raise CheckpointError(f"{path}: not a waveflow checkpoint{hint}") from None
+    except Exception as exc:  # any file at all can be handed in; all failures mean "unreadable"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupt ({reason})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a waveflow checkpoint (no format={FORMAT!r} entry)")
+    version = data.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version!r}; this waveflow reads up to {VERSION}")
+    for key in ("config", "model"):
+        if not isinstance(data.get(key), dict):
+            raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
+    return data
+
+
+def checkpoint_config(data: dict[str, Any], path: str | Path = "checkpoint") -> Config:
+    try:
+        return config_from_dict(data["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: invalid config in checkpoint ({exc})") from None
+
+
+def load_state(model: WaveGlow, state: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> None:
+    """Load a state dict into ``model``, turning any mismatch into one readable error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shapes:
+            parts.append(f"{len(shapes)} of another shape (e.g. {shapes[0]})")
+        raise CheckpointError(f"{path}: weights do not fit the model config: " + "; ".join(parts))
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[WaveGlow, Config]:
+    """A ``WaveGlow`` in eval mode on ``device`` and its ``Config``, from a checkpoint file."""
+    data = read_checkpoint(path)
+    cfg = checkpoint_config(data, path)
+    model = WaveGlow(cfg.model)
+    load_state(model, data["model"], path)
+    return model.to(device).eval(), cfg
