@@ -134,6 +134,21 @@ def test_infer_is_reproducible_and_follows_device_and_dtype():
         torch.testing.assert_close(model.infer(mel, z=z), zero)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_optimize_for_inference_keeps_the_function(variant):
+    model = tiny_model(perturbed=True, **VARIANTS[variant]).eval()
+    _, mel = _pair(frames=5)
+    z = torch.randn(model.latent_shape(2, 5 * 256), generator=torch.Generator().manual_seed(1)) * 0.6
+    with torch.no_grad():
+        expected = model.infer(mel, z=z)
+    model.optimize_for_inference()
+    assert not any(name.endswith(("weight_g", "weight_v")) for name in model.state_dict())
+    assert not any(p.requires_grad for p in model.parameters())
+    with torch.inference_mode():
+        got = model.infer(mel, z=z)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_infer_pads_to_whole_groups_and_trims():
     model = tiny_model().eval()
     _, mel = _pair(frames=3)

@@ -75,6 +75,18 @@ class Conv1d(nn.Module):
             self._cache = (key, self._raw_weight())
         return self._cache[1]
 
+    @torch.no_grad()
+    def remove_weight_norm(self) -> None:
+        """Fold ``weight_g``/``weight_v`` into one plain ``weight`` (for inference: the
+        function computed is unchanged, the norm is no longer recomputed)."""
+        if not self.weight_norm:
+            return
+        weight = self._raw_weight().detach().clone()
+        del self.weight_v, self.weight_g
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.weight_norm = False
+        self._cache = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv1d(x, self.effective_weight(), self.bias, padding=self.padding, dilation=self.dilation)
 

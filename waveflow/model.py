@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from waveflow.conditioner import Conv1d
 from waveflow.config import ModelConfig
 from waveflow.flows import FlowStep, squeeze, squeeze_cond, unsqueeze
 
@@ -173,6 +174,23 @@ class WaveGlow(nn.Module):
         elif tuple(z.shape) != shape:
             raise ValueError(f"z has shape {tuple(z.shape)}; expected {shape} for {length} samples")
         return self.inverse(z, mel)[:, :length]
+
+    @torch.no_grad()
+    def optimize_for_inference(self) -> WaveGlow:
+        """Prepare for sampling only, in place, and return ``self``: eval mode, no autograd
+        on parameters, weight norm folded into plain weights, 1x1-conv inverses computed.
+
+        The function computed is unchanged (to float rounding). The state dict then holds
+        ``weight`` instead of ``weight_g``/``weight_v``, so save checkpoints before this.
+        """
+        self.eval()
+        self.requires_grad_(False)
+        for module in self.modules():
+            if isinstance(module, Conv1d):
+                module.remove_weight_norm()
+        for flow in self.flows:
+            flow.invconv.inverse_matrix()
+        return self
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
