@@ -30,8 +30,8 @@ class WaveGlow(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or ModelConfig()
         cfg.validate()
-        self.upsample = nn.ConvTranspose1d(cfg.n_mels, cfg.n_mels, cfg.upsample_kernel, stride=cfg.hop_length)
-        cond_channels = cfg.n_mels * cfg.n_group
+        self.upsample = nn.ConvTranspose1d(cfg.n_mels, cfg.n_mels, cfg.upsample_kernel, stride=cfg.upsample_stride)
+        cond_channels = cfg.cond_channels
         self.flows = nn.ModuleList(
             FlowStep(
                 channels,
@@ -89,21 +89,35 @@ class WaveGlow(nn.Module):
         to cover the audio, and no more than a centred STFT (plus one frame of slack for a
         length trimmed to a multiple of n_group) would give."""
         cfg = self.cfg
-        lo = max(1, math.ceil((length - cfg.upsample_kernel) / cfg.hop_length) + 1)
+        steps = self._cond_steps(length)
+        lo = max(1, math.ceil((steps - cfg.upsample_kernel) / cfg.upsample_stride) + 1)
         hi = length // cfg.hop_length + 2
         return lo, hi
 
+    def _cond_steps(self, length: int) -> int:
+        """Conditioning steps needed for ``length`` samples (a multiple of n_group)."""
+        return length if self.cfg.cond_rate == "sample" else length // self.cfg.n_group
+
+    def max_length(self, frames: int) -> int:
+        """The most samples the upsampled conditioning of ``frames`` mel frames covers."""
+        cfg = self.cfg
+        steps = (frames - 1) * cfg.upsample_stride + cfg.upsample_kernel
+        return steps if cfg.cond_rate == "sample" else steps * cfg.n_group
+
     # ------------------------------------------------------------ conditioning
     def upsample_mel(self, mel: torch.Tensor, length: int) -> torch.Tensor:
-        """Mel ``(B, n_mels, F)`` -> squeezed conditioning ``(B, n_mels * n_group, length / n_group)``.
+        """Mel ``(B, n_mels, F)`` -> conditioning ``(B, cond_channels, length / n_group)``.
 
-        The transposed convolution gives ``(F - 1) * hop + upsample_kernel`` steps, trimmed to
-        ``length`` (padded by repeating the last step if a configuration leaves it short).
+        The transposed convolution gives ``(F - 1) * stride + upsample_kernel`` steps, trimmed
+        to the steps needed (padded by repeating the last step if a configuration leaves it
+        short). At the sample rate the result is squeezed like the audio.
         """
+        steps = self._cond_steps(length)
         up = self.upsample(mel)
-        if up.shape[2] < length:
-            up = torch.nn.functional.pad(up, (0, length - up.shape[2]), mode="replicate")
-        return squeeze_cond(up[:, :, :length], self.cfg.n_group)
+        if up.shape[2] < steps:
+            up = torch.nn.functional.pad(up, (0, steps - up.shape[2]), mode="replicate")
+        up = up[:, :, :steps]
+        return squeeze_cond(up, self.cfg.n_group) if self.cfg.cond_rate == "sample" else up
 
     # ------------------------------------------------------------------- flow
     def forward(self, audio: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +179,7 @@ class WaveGlow(nn.Module):
         cfg = self.cfg
         if length is None:
             length = mel.shape[2] * cfg.hop_length
-        max_len = (mel.shape[2] - 1) * cfg.hop_length + cfg.upsample_kernel
+        max_len = self.max_length(mel.shape[2])
         if not 0 < length <= max_len:
             raise ValueError(f"length {length} is outside 1..{max_len} for a mel of {mel.shape[2]} frames")
         shape = self.latent_shape(mel.shape[0], length)
