@@ -190,20 +190,31 @@ class WaveGlow(nn.Module):
         return self.inverse(z, mel)[:, :length]
 
     @torch.no_grad()
-    def optimize_for_inference(self) -> WaveGlow:
+    def optimize_for_inference(self, dtype: torch.dtype | None = None) -> WaveGlow:
         """Prepare for sampling only, in place, and return ``self``: eval mode, no autograd
-        on parameters, weight norm folded into plain weights, 1x1-conv inverses computed.
+        on parameters, weight norm folded into plain weights, 1x1-conv inverses computed,
+        and the conditioner's fused weights built.
 
-        The function computed is unchanged (to float rounding). The state dict then holds
-        ``weight`` instead of ``weight_g``/``weight_v``, so save checkpoints before this.
+        ``dtype`` (e.g. ``torch.float16`` on a GPU) casts everything but the invertible
+        1x1 convs and ActNorm, which keep float32 parameters so that their inverses stay
+        exact; the model then expects mels of that dtype. The function computed is
+        unchanged up to rounding. The state dict afterwards holds ``weight`` instead of
+        ``weight_g``/``weight_v``: save checkpoints before this.
         """
         self.eval()
         self.requires_grad_(False)
         for module in self.modules():
             if isinstance(module, Conv1d):
                 module.remove_weight_norm()
+        if dtype is not None:
+            self.to(dtype)
+            for flow in self.flows:
+                flow.invconv.float()
+                if flow.actnorm is not None:
+                    flow.actnorm.float()
         for flow in self.flows:
             flow.invconv.inverse_matrix()
+            flow.coupling.wn._fused()
         return self
 
     def num_parameters(self) -> int:
