@@ -159,7 +159,8 @@ def test_optimize_for_inference_in_half_keeps_the_invertible_convs_in_float32():
         expected = model.infer(mel, z=z)
     model.optimize_for_inference(torch.bfloat16)
     assert model.upsample.weight.dtype == torch.bfloat16
-    assert all(p.dtype == torch.float32 for f in model.flows for p in [*f.invconv.parameters(), *f.actnorm.parameters()])
+    exact = [p for f in model.flows for p in [*f.invconv.parameters(), *f.actnorm.parameters()]]
+    assert all(p.dtype == torch.float32 for p in exact)
     with torch.inference_mode():
         got = model.infer(mel.bfloat16(), z=z.bfloat16())
     assert got.dtype == torch.bfloat16
