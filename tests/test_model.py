@@ -260,3 +260,31 @@ def test_group_rate_conditioning_sees_the_mel_at_the_group_rate():
     assert model.flows[0].coupling.wn.cond_layer.in_channels == 80
     # far cheaper per sample than the default, which conditions on 640 channels per step
     assert flops_per_sample(cfg) * 50 < flops_per_sample(model_preset("default"))
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(n_group=8, n_early_size=2, upsample_kernel=768)])
+def test_composed_conditioning_gives_the_same_audio(overrides):
+    model = tiny_model(perturbed=True, **overrides).eval()
+    _, mel = _pair(frames=9)
+    z = torch.randn(model.latent_shape(2, 9 * 256), generator=torch.Generator().manual_seed(1)) * 0.6
+    with torch.no_grad():
+        expected = model.infer(mel, z=z)
+        model.optimize_for_inference(compose=True)
+        assert model._composed is not None
+        got = model.infer(mel, z=z)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # the composed maps follow the weights: a change falls back to the exact path
+    with torch.no_grad():
+        model.upsample.bias.add_(0.5)
+        moved = model.infer(mel, z=z)
+    assert model._composed is None
+    assert not torch.allclose(moved, got)
+    model.compose_conditioning()
+    with torch.no_grad():
+        torch.testing.assert_close(model.infer(mel, z=z), moved, rtol=1e-4, atol=1e-5)
+
+
+def test_composing_refuses_a_layout_it_cannot_compose():
+    model = tiny_model(cond_rate="group", upsample_kernel=128)
+    with pytest.raises(ValueError, match="composing the conditioning needs cond_rate 'sample'"):
+        model.compose_conditioning()

@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from waveflow.compose import ComposedConditioning, can_compose
 from waveflow.conditioner import Conv1d
 from waveflow.config import ModelConfig
 from waveflow.flows import FlowStep, squeeze, squeeze_cond, unsqueeze
@@ -30,6 +31,7 @@ class WaveGlow(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or ModelConfig()
         cfg.validate()
+        self._composed: list[ComposedConditioning] | None = None
         self.upsample = nn.ConvTranspose1d(cfg.n_mels, cfg.n_mels, cfg.upsample_kernel, stride=cfg.upsample_stride)
         cond_channels = cfg.cond_channels
         self.flows = nn.ModuleList(
@@ -146,16 +148,47 @@ class WaveGlow(nn.Module):
         cfg = self.cfg
         if z.dim() != 3 or z.shape[0] != mel.shape[0] or z.shape[1] != cfg.n_group:
             raise ValueError(f"z has shape {tuple(z.shape)}; expected ({mel.shape[0]}, {cfg.n_group}, steps)")
-        cond = self.upsample_mel(mel, z.shape[2] * cfg.n_group)
+        composed = self._composed_conditioning(mel.shape[2], z.shape[2])
+        cond = self.upsample_mel(mel, z.shape[2] * cfg.n_group) if composed is None else None
         n_early = sum(cfg.early_output_at(k) for k in range(cfg.n_flows))
         split = n_early * cfg.n_early_size
         early = list(z[:, :split].split(cfg.n_early_size, dim=1)) if split else []
         x = z[:, split:]
         for k in reversed(range(cfg.n_flows)):
-            x = self.flows[k].inverse(x, cond)
+            if composed is None:
+                x = self.flows[k].inverse(x, cond)
+            else:
+                x = self.flows[k].inverse(x, composed[k](mel, z.shape[2]), cond_projected=True)
             if cfg.early_output_at(k):
                 x = torch.cat([early.pop(), x], dim=1)
         return unsqueeze(x)
+
+    def compose_conditioning(self) -> None:
+        """Precompute, for every flow, the upsampler and its conditioning conv as one map
+        at the mel rate (``waveflow.compose``): less arithmetic at inference, much more
+        memory. Used by ``inverse`` in eval mode without autograd while the weights stay
+        as they were; ``train()`` drops it."""
+        if not can_compose(self.cfg):
+            raise ValueError(
+                "composing the conditioning needs cond_rate 'sample', n_group dividing hop_length "
+                "and upsample_kernel a multiple of hop_length"
+            )
+        self._composed = [
+            ComposedConditioning(self.upsample, flow.coupling.wn.cond_layer, self.cfg.n_group) for flow in self.flows
+        ]
+
+    def _composed_conditioning(self, frames: int, steps: int) -> list[ComposedConditioning] | None:
+        composed = self._composed
+        if composed is None or self.training or torch.is_grad_enabled() or not composed[0].covers(frames, steps):
+            return None
+        if not all(c.matches(self.upsample, f.coupling.wn.cond_layer) for c, f in zip(composed, self.flows)):
+            self._composed = None  # the weights moved on: compose again to get the speed back
+            return None
+        return composed
+
+    def train(self, mode: bool = True) -> WaveGlow:
+        self._composed = None
+        return super().train(mode)
 
     def latent_shape(self, batch: int, length: int) -> tuple[int, int, int]:
         """Shape of z for ``length`` output samples (rounded up to a whole group)."""
@@ -190,7 +223,7 @@ class WaveGlow(nn.Module):
         return self.inverse(z, mel)[:, :length]
 
     @torch.no_grad()
-    def optimize_for_inference(self, dtype: torch.dtype | None = None) -> WaveGlow:
+    def optimize_for_inference(self, dtype: torch.dtype | None = None, compose: bool = False) -> WaveGlow:
         """Prepare for sampling only, in place, and return ``self``: eval mode, no autograd
         on parameters, weight norm folded into plain weights, 1x1-conv inverses computed,
         and the conditioner's fused weights built.
@@ -200,6 +233,10 @@ class WaveGlow(nn.Module):
         exact; the model then expects mels of that dtype. The function computed is
         unchanged up to rounding. The state dict afterwards holds ``weight`` instead of
         ``weight_g``/``weight_v``: save checkpoints before this.
+
+        ``compose=True`` also composes the upsampler with every flow's conditioning conv
+        (``compose_conditioning``): about 20% fewer FLOPs for the default model, at the
+        cost of the composed weights' memory (2 GB for the default model).
         """
         self.eval()
         self.requires_grad_(False)
@@ -215,6 +252,8 @@ class WaveGlow(nn.Module):
         for flow in self.flows:
             flow.invconv.inverse_matrix()
             flow.coupling.wn._fused()
+        if compose:
+            self.compose_conditioning()
         return self
 
     def num_parameters(self) -> int:
