@@ -50,7 +50,7 @@ def assert_finite(*tensors: torch.Tensor) -> None:
         assert torch.isfinite(t).all(), "non-finite values"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def mini_corpus() -> Path:
     if not (MINI_CORPUS / "metadata.csv").is_file():
         message = f"shared mini corpus not found at {MINI_CORPUS} (set WAVEFLOW_SHARED)"

@@ -78,6 +78,34 @@ def _cmd_presets(args: argparse.Namespace) -> None:
         )
 
 
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    """Check an LJSpeech-style corpus and write train/dev/test filelists."""
+    from collections import Counter
+    from pathlib import Path
+
+    from waveflow.data import prepare
+
+    summary = prepare(Path(args.data), Path(args.out), mel_cache=args.mel_cache, progress=not args.no_progress)
+    split = summary["split"]
+    print(
+        f"{summary['usable']} of {summary['clips']} clips usable: {split['train']} train, {split['dev']} dev, "
+        f"{split['test']} test"
+    )
+    print(f"split: {summary['rule']}")
+    if summary["skipped"]:
+        reasons = Counter(summary["skipped"].values())
+        print(f"skipped {len(summary['skipped'])}: " + ", ".join(f"{n} {why}" for why, n in reasons.most_common()))
+        for clip_id, why in list(summary["skipped"].items())[:10]:
+            print(f"  {clip_id}: {why}")
+    print(f"wrote {args.out}/train.txt, dev.txt, test.txt, prepared.json" + (", mels/" if args.mel_cache else ""))
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from waveflow.train import run
+
+    run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="waveflow", description="WaveGlow-style flow vocoder.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -93,6 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the model presets with their parameter counts")
     p.set_defaults(func=_cmd_presets)
+
+    p = sub.add_parser("prepare", help="check an LJSpeech-style corpus and write train/dev/test filelists")
+    p.add_argument("--data", required=True, help="corpus folder holding metadata.csv and wavs/")
+    p.add_argument("--out", required=True, help="folder for the filelists (created)")
+    p.add_argument("--mel-cache", action="store_true", help="also save every clip's log-mel as mels/ID.npy")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_prepare)
+
+    from waveflow.train import add_arguments as add_train_arguments
+
+    p = sub.add_parser("train", help="train by exact maximum likelihood (torchrun for several processes)")
+    add_train_arguments(p)
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

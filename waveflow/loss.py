@@ -24,7 +24,11 @@ class NLL:
     waveglow: torch.Tensor
 
     def as_floats(self) -> dict[str, float]:
-        return {"nll_nats": float(self.nats), "nll_bits": float(self.bits), "loss_waveglow": float(self.waveglow)}
+        return {
+            "nll_nats": float(self.nats.detach()),
+            "nll_bits": float(self.bits.detach()),
+            "loss_waveglow": float(self.waveglow.detach()),
+        }
 
 
 def gaussian_constant(sigma: float) -> float:

@@ -1,0 +1,182 @@
+"""The trainer end to end: learning, exact resume, DDP, non-finite steps, bad input."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO
+
+from waveflow import train as train_module
+from waveflow.checkpoint import read_checkpoint
+from waveflow.cli import main
+from waveflow.config import model_preset
+from waveflow.data import prepare
+from waveflow.model import WaveGlow
+
+TINY = [
+    "--set", "train.segment_length=2048",
+    "--set", "train.batch_size=2",
+    "--set", "train.lr=0.002",
+    "--set", "train.num_workers=0",
+    "--set", "train.log_every=1",
+    "--set", "train.eval_audio_clips=0",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, mini_corpus):
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(mini_corpus, out, progress=False)
+    return out
+
+
+def _config(tmp_path, preset: str = "tiny"):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"preset: {preset}\n")
+    return str(path)
+
+
+def _train(tmp_path, prepared, out, *extra: str) -> int:
+    args = ["train", "--config", _config(tmp_path), "--data", str(prepared), "--out", str(out), "--no-progress"]
+    return main([*args, "--device", "cpu", *TINY, *extra])
+
+
+def _dev_curve(out) -> list[tuple[int, float]]:
+    rows = [line.split("\t") for line in (out / "dev_nll.tsv").read_text().splitlines()]
+    return [(int(step), float(nats)) for step, nats, _ in rows]
+
+
+def test_training_lowers_the_dev_nll(tmp_path, prepared):
+    out = tmp_path / "run"
+    assert _train(tmp_path, prepared, out, "--set", "train.max_steps=30", "--set", "train.eval_every=30") == 0
+    curve = _dev_curve(out)
+    assert [step for step, _ in curve] == [0, 30]
+    assert curve[1][1] < curve[0][1] - 0.3, curve
+    best = read_checkpoint(out / "checkpoints" / "best.pt")
+    assert best["step"] == 30 and math.isclose(best["dev_nll"], curve[1][1], rel_tol=1e-5)
+    assert (out / "checkpoints" / "step_0000030.pt").is_file()
+    assert any((out / "tb").iterdir())
+
+
+def test_a_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, prepared):
+    common = ["--set", "train.checkpoint_every=3", "--set", "train.eval_every=100", "--set", "train.keep_last=5"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert _train(tmp_path, prepared, straight, *common, "--set", "train.max_steps=6") == 0
+    assert _train(tmp_path, prepared, resumed, *common, "--set", "train.max_steps=3") == 0
+    assert _train(tmp_path, prepared, resumed, *common, "--set", "train.max_steps=6", "--resume") == 0
+    a = read_checkpoint(straight / "checkpoints" / "step_0000006.pt")
+    b = read_checkpoint(resumed / "checkpoints" / "step_0000006.pt")
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-6, atol=1e-7, msg=key)
+    # and the optimizer moments too: the resumed run carries on, it does not restart Adam
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    for k in sa:
+        torch.testing.assert_close(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"], rtol=1e-6, atol=1e-12)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_train_like_one_process_with_twice_the_batch(tmp_path, prepared):
+    """DDP: each rank takes its own clips (a distributed sampler) and gradients are averaged,
+    so 2 ranks x batch 1 must reach the weights of 1 process x batch 2; only rank 0 writes."""
+    cfg = _config(tmp_path)
+    common = [*TINY, "--set", "train.max_steps=3", "--set", "train.eval_every=100", "--no-progress"]
+    common = [c.replace("train.batch_size=2", "train.batch_size=1") for c in common]
+    ddp = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "waveflow.cli", "train", "--config", cfg, "--data", str(prepared), "--out", str(ddp),
+           "--device", "cpu", *common]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("stopped at step 3") == 1  # rank 0 alone reports and writes
+    single = tmp_path / "single"
+    assert _train(tmp_path, prepared, single, "--set", "train.max_steps=3", "--set", "train.eval_every=100") == 0
+    a = read_checkpoint(ddp / "checkpoints" / "step_0000003.pt")["model"]
+    b = read_checkpoint(single / "checkpoints" / "step_0000003.pt")["model"]
+    # Adam divides by the gradient's own scale, so where a gradient is nearly zero the
+    # rounding of the all-reduce shows in the update; the bulk agrees to float precision
+    # and nothing strays by more than a fraction of one step's update (lr = 0.002).
+    diffs = sorted((a[key].float() - b[key].float()).abs().max().item() for key in a)
+    assert diffs[len(diffs) // 2] < 1e-5 and diffs[-1] < 1e-3, diffs[-5:]
+    torch.manual_seed(1234)  # the trainer's seed: the weights both runs started from
+    init = WaveGlow(model_preset("tiny")).state_dict()
+    moved = sum(not torch.equal(init[k], b[k]) for k in b)
+    assert moved > len(b) // 2  # the weights did train
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path, prepared, monkeypatch, capsys, caplog):
+    real = train_module.flow_nll
+    calls = {"n": 0}
+
+    def sometimes_nan(z, logdet, sigma=1.0):
+        calls["n"] += 1
+        nll = real(z, logdet, sigma)
+        if calls["n"] == 3 or calls["n"] >= 6:  # one bad step, then bad for good
+            nll.nats = nll.nats * float("nan")
+        return nll
+
+    monkeypatch.setattr(train_module, "flow_nll", sometimes_nan)
+    out = tmp_path / "run"
+    extra = ["--set", "train.max_steps=50", "--set", "train.checkpoint_every=2", "--set", "train.max_bad_steps=3"]
+    code = _train(tmp_path, prepared, out, *extra, "--set", "train.eval_every=100")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "step 2: non-finite loss or gradient, step skipped (1 in a row)" in caplog.text
+    assert "stopped at step 4: 3 non-finite steps in a row" in err and "step_0000004.pt" in err
+    assert "Traceback" not in err
+    # the good steps before it were saved and the bad ones wrote nothing
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*.pt")) == ["step_0000002.pt", "step_0000004.pt"]
+    assert read_checkpoint(out / "checkpoints" / "step_0000004.pt")["step"] == 4
+
+
+def test_bad_input_gets_one_line_and_loses_nothing(tmp_path, prepared, capsys):
+    out = tmp_path / "run"
+    assert _train(tmp_path, prepared, out, "--set", "train.max_steps=2", "--set", "train.eval_every=100") == 0
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*.pt"))}
+
+    def run(*args: str) -> str:
+        assert main(list(args)) == 1
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        return err
+
+    base = ["train", "--data", str(prepared), "--device", "cpu", "--no-progress"]
+    assert "already holds files; pass --resume" in run(*base, "--config", _config(tmp_path), "--out", str(out))
+    (tmp_path / "o").mkdir()
+    other = _config(tmp_path / "o", "small")
+    assert "holds a run of another config (model.n_flows" in run(
+        *base, "--config", other, "--out", str(out), "--resume"
+    )
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("preset: tiny\ntrain:\n  segment_lenght: 100\n")
+    assert "unknown key(s) ['segment_lenght']" in run(*base, "--config", str(bad_yaml), "--out", str(tmp_path / "x"))
+    assert "train.max_steps must be an integer" in run(
+        *base, "--config", _config(tmp_path), "--out", str(tmp_path / "x"), "--set", "train.max_steps=lots"
+    )
+    assert "not a prepared data folder" in run(
+        "train", "--data", str(tmp_path), "--out", str(tmp_path / "y"), "--config", _config(tmp_path)
+    )
+    assert "no metadata.csv" in run("prepare", "--data", str(tmp_path), "--out", str(tmp_path / "p"))
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*.pt"))} == before
+
+
+def test_cli_errors_have_no_traceback_in_a_real_process(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "waveflow.cli", "prepare", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("waveflow prepare: error:") and "Traceback" not in done.stderr

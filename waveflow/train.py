@@ -1,0 +1,468 @@
+"""``waveflow train``: exact maximum-likelihood training, on a CPU, a GPU or many (torchrun).
+
+A run folder holds ``config.yaml``, ``checkpoints/step_NNNNNNN.pt`` (the last
+``keep_last``), ``checkpoints/best.pt`` (lowest dev NLL), ``tb/`` (TensorBoard) and
+``train.log``. Only rank 0 writes. Checkpoints hold the model, optimizer, scaler, step,
+RNG states and the full config; batches are a function of (seed, step, rank) (see
+``waveflow.data``), so ``--resume`` continues exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from waveflow.audio import MelSpectrogram, load_wav
+from waveflow.checkpoint import atomic_save, checkpoint_config, load_state, make_checkpoint, read_checkpoint
+from waveflow.config import Config, ConfigError, config_from_dict, load_config, make_config, save_config
+from waveflow.data import SegmentBatches, batch_loader, load_prepared
+from waveflow.loss import flow_nll, nll_per_example
+from waveflow.model import WaveGlow
+
+log = logging.getLogger("waveflow")
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainError(ValueError):
+    """A run cannot start or must stop; the message says why and what is intact."""
+
+
+# ------------------------------------------------------------------ config
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["train.max_steps=200", "model.n_channels=64"]`` -> nested overrides (YAML values)."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in ("mel", "model", "train") or not name:
+            raise ConfigError(f"--set {item!r}: expected section.key=value with section mel, model or train")
+        out.setdefault(section, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def build_config(config_path: str | None, overrides: list[str]) -> Config:
+    base = load_config(config_path) if config_path else make_config("small")
+    data = base.to_dict()
+    for section, values in parse_overrides(overrides).items():
+        data[section] = {**data[section], **values}
+    return config_from_dict(data)
+
+
+def architecture(cfg: Config) -> dict[str, Any]:
+    """What a checkpoint must share with a config to be resumed under it."""
+    return {"mel": asdict(cfg.mel), "model": asdict(cfg.model)}
+
+
+def describe_difference(a: dict, b: dict) -> str:
+    diffs = [
+        f"{section}.{key} {a[section][key]!r} vs {b[section].get(key)!r}"
+        for section in a
+        for key in a[section]
+        if a[section][key] != b[section].get(key)
+    ]
+    return ", ".join(diffs[:4]) + (" ..." if len(diffs) > 4 else "")
+
+
+# ------------------------------------------------------------------ distributed
+class Dist:
+    """rank / world size from torchrun's environment; one process without it."""
+
+    def __init__(self, device_request: str | None) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        want_cuda = device_request == "cuda" or (device_request is None and torch.cuda.is_available())
+        if want_cuda and not torch.cuda.is_available():
+            raise TrainError("--device cuda: no CUDA device is available; use --device cpu")
+        self.device = torch.device(f"cuda:{local_rank}") if want_cuda else torch.device("cpu")
+        if want_cuda:
+            torch.cuda.set_device(self.device)
+        if self.world_size > 1:
+            dist.init_process_group("nccl" if want_cuda else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_true(self, flag: bool) -> bool:
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item() > 0)
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------ pieces
+def learning_rate(cfg: Config, step: int) -> float:
+    t = cfg.train
+    if t.warmup_steps and step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.lr_schedule == "cosine":
+        progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+        return t.lr_min + 0.5 * (t.lr - t.lr_min) * (1 + math.cos(math.pi * progress))
+    if t.lr_schedule == "exponential":
+        return max(t.lr_min, t.lr * t.lr_decay ** max(0, step - t.warmup_steps))
+    return t.lr
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    kwargs = dict(lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    try:  # one fused kernel for all parameters: on CUDA, and on CPU since torch 2.4
+        return torch.optim.Adam(model.parameters(), fused=True, **kwargs)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(model.parameters(), **kwargs)
+
+
+def resolve_precision(cfg: Config, device: torch.device) -> str:
+    precision = cfg.train.precision
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision != "fp32" and device.type != "cuda":
+        raise TrainError(f"train.precision {precision!r} needs a CUDA device; on the CPU use fp32 (or auto)")
+    return precision
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    np_state = np.random.get_state()
+    state["numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    state["numpy_pos"] = int(np_state[2])
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def mel_image(original: torch.Tensor, resynth: torch.Tensor) -> torch.Tensor:
+    """Two log-mels ``(n_mels, F)`` stacked (original on top), low bands at the bottom, in [0, 1]."""
+    frames = min(original.shape[1], resynth.shape[1])
+    both = torch.cat([original[:, :frames].flip(0), resynth[:, :frames].flip(0)], dim=0)
+    lo, hi = both.min(), both.max()
+    return ((both - lo) / (hi - lo).clamp_min(1e-8)).cpu()
+
+
+# ------------------------------------------------------------------ trainer
+class Trainer:
+    def __init__(self, cfg: Config, data: Path, out: Path, ctx: Dist, progress: bool = True) -> None:
+        self.cfg, self.data, self.out, self.ctx, self.progress = cfg, Path(data), Path(out), ctx, progress
+        self.device = ctx.device
+        self.precision = resolve_precision(cfg, self.device)
+        torch.manual_seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        self.train_clips = load_prepared(self.data, "train")
+        self.dev_clips = load_prepared(self.data, "dev")
+        if cfg.train.eval_max_clips:
+            self.dev_clips = self.dev_clips[: cfg.train.eval_max_clips]
+        self.model = WaveGlow(cfg.model).to(self.device)
+        self.mel_fn = MelSpectrogram(cfg.mel).to(self.device)
+        self.opt = make_optimizer(self.model, cfg)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.step = 0
+        self.best_dev = math.inf
+        self.bad_in_a_row = 0
+        self.stop_signal: str | None = None
+        self.writer = None
+        self.dev_audio: list[torch.Tensor] | None = None
+
+    # -------------------------------------------------------------- state
+    def checkpoint(self, **extra: Any) -> dict[str, Any]:
+        return make_checkpoint(
+            self.model,
+            self.cfg,
+            step=self.step,
+            optimizer=self.opt.state_dict(),
+            scaler=self.scaler.state_dict(),
+            rng=rng_state(),
+            best_dev_nll=self.best_dev,
+            **extra,
+        )
+
+    def save(self) -> Path:
+        folder = self.out / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step_{self.step:07d}.pt"
+        atomic_save(self.checkpoint(), path)
+        for old in sorted(folder.glob("step_*.pt"))[: -self.cfg.train.keep_last]:
+            old.unlink()
+        return path
+
+    def restore(self, path: Path) -> None:
+        data = read_checkpoint(path)
+        saved = checkpoint_config(data, path)
+        if architecture(saved) != architecture(self.cfg):
+            raise TrainError(
+                f"{path}: checkpoint of another config ({describe_difference(architecture(self.cfg), architecture(saved))}"
+                "); resume with the run's own config.yaml"
+            )
+        load_state(self.model, data["model"], path)
+        for key in ("optimizer", "scaler", "step", "rng"):
+            if key not in data:
+                raise TrainError(f"{path}: holds no {key!r}: a weights-only checkpoint cannot resume a run")
+        self.opt.load_state_dict(data["optimizer"])
+        self.scaler.load_state_dict(data["scaler"])
+        self.step = int(data["step"])
+        self.best_dev = float(data.get("best_dev_nll", math.inf))
+        set_rng_state(data["rng"])
+
+    # -------------------------------------------------------------- one step
+    def train_step(self, audio: torch.Tensor) -> dict[str, float] | None:
+        """One optimizer step; None when the loss or gradient was not finite (step skipped)."""
+        model = self.ddp_model
+        for group in self.opt.param_groups:
+            group["lr"] = learning_rate(self.cfg, self.step)
+        audio = audio.to(self.device, non_blocking=True)
+        with torch.no_grad():
+            mel = self.mel_fn(audio)
+        amp = (
+            torch.autocast(self.device.type, dtype=AMP_DTYPES[self.precision])
+            if self.precision in AMP_DTYPES
+            else nullcontext()
+        )
+        with amp:
+            z, logdet = model(audio, mel)
+        nll = flow_nll(z.float(), logdet.float(), self.cfg.train.sigma)
+        self.opt.zero_grad(set_to_none=True)
+        if not self.ctx.all_true(bool(torch.isfinite(nll.nats))):
+            return None
+        self.scaler.scale(nll.nats).backward()
+        self.scaler.unscale_(self.opt)
+        clip = self.cfg.train.grad_clip or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if not torch.isfinite(grad_norm) and self.precision != "fp16":
+            self.opt.zero_grad(set_to_none=True)
+            return None
+        self.scaler.step(self.opt)  # with fp16, skips the step itself on inf/NaN gradients
+        self.scaler.update()
+        return {**nll.as_floats(), "grad_norm": float(grad_norm)}
+
+    # -------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """NLL over the full dev clips (nats and bits per sample, weighted by length)."""
+        model, cfg = self.model, self.cfg
+        model.eval()
+        if self.dev_audio is None:
+            self.dev_audio = [torch.from_numpy(load_wav(c.path)) for c in self.dev_clips]
+        total, count = 0.0, 0
+        for audio in self.dev_audio:
+            audio = audio[None].to(self.device)
+            length = audio.shape[1] - audio.shape[1] % cfg.model.n_group
+            mel = self.mel_fn(audio)
+            z, logdet = model(audio[:, :length], mel)
+            total += float(nll_per_example(z, logdet, cfg.train.sigma)[0]) * length
+            count += length
+        nats = total / count
+        result = {"nll_nats": nats, "nll_bits": nats / math.log(2)}
+        if self.writer is not None:
+            for i, audio in enumerate(self.dev_audio[: cfg.train.eval_audio_clips]):
+                audio = audio[None].to(self.device)
+                mel = self.mel_fn(audio)
+                gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed + i)
+                synth = model.infer(mel, sigma=cfg.train.eval_sigma, generator=gen).clamp(-1, 1)
+                self.writer.add_audio(f"dev/audio_{i}", synth[0].cpu(), self.step, sample_rate=cfg.mel.sample_rate)
+                image = mel_image(mel[0], self.mel_fn(synth)[0])
+                self.writer.add_image(f"dev/mel_{i}_original_top", image, self.step, dataformats="HW")
+        model.train()
+        return result
+
+    def after_eval(self, dev: dict[str, float]) -> None:
+        log.info(f"step {self.step}: dev NLL {dev['nll_nats']:.4f} nats/sample ({dev['nll_bits']:.4f} bits)")
+        if self.writer is not None:
+            self.writer.add_scalar("dev/nll_nats", dev["nll_nats"], self.step)
+            self.writer.add_scalar("dev/nll_bits", dev["nll_bits"], self.step)
+        with open(self.out / "dev_nll.tsv", "a") as f:
+            f.write(f"{self.step}\t{dev['nll_nats']:.6f}\t{dev['nll_bits']:.6f}\n")
+        if dev["nll_nats"] < self.best_dev:
+            self.best_dev = dev["nll_nats"]
+            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            atomic_save(self.checkpoint(dev_nll=dev["nll_nats"]), self.out / "checkpoints" / "best.pt")
+
+    # -------------------------------------------------------------- loop
+    def run(self, resume_from: Path | None) -> int:
+        cfg, ctx = self.cfg, self.ctx
+        if resume_from is not None:
+            self.restore(resume_from)
+            log.info(f"resumed from {resume_from} at step {self.step}")
+        self.ddp_model = self.model
+        if ctx.world_size > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        dataset = SegmentBatches(
+            self.train_clips, cfg.train.segment_length, cfg.train.batch_size, cfg.train.seed, ctx.rank, ctx.world_size
+        )
+        if ctx.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tb"))
+            log.info(
+                f"training {cfg.preset} ({self.model.num_parameters() / 1e6:.1f} M parameters) on "
+                f"{ctx.world_size} x {self.device.type}, {self.precision}; {len(self.train_clips)} train clips "
+                f"({dataset.short_clips} shorter than a segment, zero-padded), {len(self.dev_clips)} dev clips"
+            )
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._loop(dataset)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if self.writer is not None:
+                self.writer.close()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_signal = signal.Signals(signum).name
+
+    def _loop(self, dataset: SegmentBatches) -> int:
+        from tqdm import tqdm
+
+        cfg, ctx = self.cfg, self.ctx
+        if self.step == 0 and ctx.main:
+            self.after_eval(self.evaluate())
+        ctx.barrier()
+        bar = tqdm(total=cfg.train.max_steps, initial=self.step, unit="step", disable=not (ctx.main and self.progress))
+        loader = batch_loader(dataset, self.step, cfg.train.num_workers)
+        samples_per_step = cfg.train.batch_size * cfg.train.segment_length * ctx.world_size
+        busy = 0.0  # seconds spent in training steps since the last log line
+        for audio in loader:
+            if self.step >= cfg.train.max_steps:
+                break
+            start = time.perf_counter()
+            stats = self.train_step(audio)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            busy += time.perf_counter() - start
+            if stats is None:
+                self.bad_in_a_row += 1
+                log.warning(
+                    f"step {self.step}: non-finite loss or gradient, step skipped ({self.bad_in_a_row} in a row)"
+                )
+                if self.bad_in_a_row >= cfg.train.max_bad_steps:
+                    last = sorted((self.out / "checkpoints").glob("step_*.pt"))
+                    raise TrainError(
+                        f"stopped at step {self.step}: {self.bad_in_a_row} non-finite steps in a row "
+                        f"(train.max_bad_steps); last good checkpoint: {last[-1] if last else 'none written yet'}"
+                    )
+                continue
+            self.bad_in_a_row = 0
+            self.step += 1
+            bar.update(1)
+            if ctx.main and self.step % cfg.train.log_every == 0:
+                stats["samples_per_s"] = samples_per_step * cfg.train.log_every / busy
+                busy = 0.0
+                stats["lr"] = self.opt.param_groups[0]["lr"]
+                for key, value in stats.items():
+                    self.writer.add_scalar(f"train/{key}", value, self.step)
+                bar.set_postfix(nll=f"{stats['nll_nats']:.3f}", gnorm=f"{stats['grad_norm']:.2f}")
+            finished = self.step >= cfg.train.max_steps
+            if ctx.main and (self.step % cfg.train.eval_every == 0 or finished):
+                self.after_eval(self.evaluate())
+            if ctx.main and (self.step % cfg.train.checkpoint_every == 0 or finished or self.stop_signal):
+                path = self.save()
+                if self.stop_signal:
+                    log.info(f"{self.stop_signal}: checkpoint {path} written at step {self.step}; resume with --resume")
+            ctx.barrier()
+            if self.stop_signal or finished:
+                break
+        bar.close()
+        return self.step
+
+
+# ------------------------------------------------------------------ CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="recipe YAML (preset, mel, model, train); default: the small preset")
+    p.add_argument("--data", required=True, help="a folder written by `waveflow prepare`")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, TensorBoard logs, config.yaml")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="start afresh in a folder that holds another run (deletes it)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. --set train.max_steps=200 (repeatable)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def prepare_run_folder(out: Path, cfg: Config, resume: bool, force: bool) -> Path | None:
+    """Check --out against --resume/--force; returns the checkpoint to resume from, if any."""
+    existing = out / "config.yaml"
+    if resume:
+        if not existing.is_file():
+            raise TrainError(f"--resume: {out} holds no run (no config.yaml)")
+        saved = load_config(existing)
+        if architecture(saved) != architecture(cfg):
+            raise TrainError(
+                f"--resume: {out} holds a run of another config ({describe_difference(architecture(cfg), architecture(saved))})"
+            )
+        last = sorted((out / "checkpoints").glob("step_*.pt"))
+        return last[-1] if last else None
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise TrainError(f"{out} already holds files; pass --resume to continue that run or --force to replace it")
+        if existing.is_file():
+            for name in ("checkpoints", "tb"):
+                shutil.rmtree(out / name, ignore_errors=True)
+            for name in ("dev_nll.tsv", "config.yaml"):
+                (out / name).unlink(missing_ok=True)
+    return None
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = build_config(args.config, args.overrides)
+    out = Path(args.out)
+    ctx = Dist(args.device)
+    try:
+        # everything is checked (data, device, precision) before the run folder is touched
+        trainer = Trainer(cfg, Path(args.data), out, ctx, progress=not args.no_progress)
+        resume_from = None
+        if ctx.main:
+            resume_from = prepare_run_folder(out, cfg, args.resume, args.force)
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
+        ctx.barrier()
+        if args.resume and not ctx.main:
+            last = sorted((out / "checkpoints").glob("step_*.pt"))
+            resume_from = last[-1] if last else None
+        step = trainer.run(resume_from)
+        if ctx.main:
+            print(f"stopped at step {step}; best dev NLL {trainer.best_dev:.4f} nats/sample; run folder {out}")
+    finally:
+        ctx.close()
