@@ -22,7 +22,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -150,10 +149,9 @@ def resolve_precision(cfg: Config, device: torch.device) -> str:
 
 
 def rng_state() -> dict[str, Any]:
+    """The global generators' states (batches and noise use their own seeded generators;
+    these cover anything else that draws, e.g. a user's model extension)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
-    np_state = np.random.get_state()
-    state["numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
-    state["numpy_pos"] = int(np_state[2])
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -162,7 +160,6 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(state["python"]), None))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -183,7 +180,6 @@ class Trainer:
         self.precision = resolve_precision(cfg, self.device)
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
-        np.random.seed(cfg.train.seed)
         self.train_clips = load_prepared(self.data, "train")
         self.dev_clips = load_prepared(self.data, "dev")
         if cfg.train.eval_max_clips:
@@ -226,8 +222,9 @@ class Trainer:
         saved = checkpoint_config(data, path)
         if architecture(saved) != architecture(self.cfg):
             raise TrainError(
-                f"{path}: checkpoint of another config ({describe_difference(architecture(self.cfg), architecture(saved))}"
-                "); resume with the run's own config.yaml"
+                f"{path}: checkpoint of another config "
+                f"({describe_difference(architecture(self.cfg), architecture(saved))}); "
+                "resume with the run's own config.yaml"
             )
         load_state(self.model, data["model"], path)
         for key in ("optimizer", "scaler", "step", "rng"):
@@ -430,7 +427,8 @@ def prepare_run_folder(out: Path, cfg: Config, resume: bool, force: bool) -> Pat
         saved = load_config(existing)
         if architecture(saved) != architecture(cfg):
             raise TrainError(
-                f"--resume: {out} holds a run of another config ({describe_difference(architecture(cfg), architecture(saved))})"
+                f"--resume: {out} holds a run of another config "
+                f"({describe_difference(architecture(cfg), architecture(saved))})"
             )
         last = sorted((out / "checkpoints").glob("step_*.pt"))
         return last[-1] if last else None
