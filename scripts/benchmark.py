@@ -323,6 +323,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="skip an inference case whose estimated time (from the 1 s, batch 1 case) exceeds this",
     )
     p.add_argument("--train", action="store_true", help="also time training steps")
+    p.add_argument("--no-inference", action="store_true", help="skip the inference rows")
     p.add_argument("--train-presets", default="default", help="presets for the training rows")
     p.add_argument("--segment", type=int, default=16000, help="training segment length in samples")
     p.add_argument("--train-batch", type=int, default=1, help="training batch size")
@@ -354,7 +355,7 @@ def main(argv=None) -> int:
         for precision in args.precisions.split(","):
             if precision != "fp32" and device.type == "cpu":
                 continue  # no fast half path on these CPUs (see README)
-            for preset in args.presets.split(","):
+            for preset in [] if args.no_inference else args.presets.split(","):
                 base = None
                 for sec in sorted(seconds):
                     for batch in sorted(batches):
