@@ -79,24 +79,29 @@ def griffin_lim(mel: np.ndarray, mel_cfg, length: int, n_iter: int = GRIFFIN_LIM
 
     if mel_cfg.preset != "default":
         raise ValueError(f"Griffin-Lim floor is implemented for the default mel preset, not {mel_cfg.preset!r}")
-    return librosa.feature.inverse.mel_to_audio(
+    magnitude = librosa.feature.inverse.mel_to_stft(
         np.exp(mel.astype(np.float64)),
         sr=mel_cfg.sample_rate,
         n_fft=mel_cfg.n_fft,
-        hop_length=mel_cfg.hop_length,
-        win_length=mel_cfg.win_length,
-        window="hann",
-        center=True,
-        pad_mode="reflect",
         power=1.0,
-        n_iter=n_iter,
-        length=length,
         fmin=mel_cfg.f_min,
         fmax=mel_cfg.f_max,
         htk=False,
         norm="slaney",
-        random_state=0,
-    ).astype(np.float32)
+    )
+    audio = librosa.griffinlim(
+        magnitude,
+        n_iter=n_iter,
+        hop_length=mel_cfg.hop_length,
+        win_length=mel_cfg.win_length,
+        n_fft=mel_cfg.n_fft,
+        window="hann",
+        center=True,
+        pad_mode="reflect",
+        length=length,
+        random_state=0,  # reproducible figures
+    )
+    return audio.astype(np.float32)
 
 
 def nll(voc, audio: np.ndarray, mel: np.ndarray) -> tuple[float, float]:
