@@ -107,9 +107,9 @@ class StreamingVocoder:
         hop = self.vocoder.hop_length
         t0 = time.perf_counter()
         with torch.inference_mode():
-            audio = self.vocoder.synthesize_window(
-                window[None].to(self.vocoder.device), start, self.seed, self.sigma
-            )[0, (self._emitted - start) * hop : (end - start) * hop].cpu()
+            audio = self.vocoder.synthesize_window(window[None].to(self.vocoder.device), start, self.seed, self.sigma)[
+                0, (self._emitted - start) * hop : (end - start) * hop
+            ].cpu()
         self.compute_s += time.perf_counter() - t0
         self.audio_samples += audio.numel()
         self._emitted = end

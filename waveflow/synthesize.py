@@ -200,7 +200,9 @@ def _compare(voc, reference: str, output: Path) -> None:
 def add_mel_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("wav", help="a wav (other sample rates are resampled)")
     parser.add_argument("-o", "--output", required=True, help="output mel, .npy or .pt, shape (n_mels, frames)")
-    parser.add_argument("--checkpoint", default=None, help="use this checkpoint's mel convention (default: CONVENTIONS.md)")
+    parser.add_argument(
+        "--checkpoint", default=None, help="use this checkpoint's mel convention (default: CONVENTIONS.md)"
+    )
 
 
 def run_mel(args: argparse.Namespace) -> None:
