@@ -17,6 +17,7 @@ different lengths padded to a common length in one batch give the same audio as 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
@@ -125,9 +126,12 @@ class Vocoder:
         self.model = model.to(self.device).optimize_for_inference()
         self.half = half
         if half:
+            # The 1x1 convs stay float32 (never rounded through float16) so the flow stays
+            # exactly invertible; the conditioners and the upsampler run in float16.
+            invconvs = [copy.deepcopy(flow.invconv) for flow in self.model.flows]
             self.model.half()
-            for flow in self.model.flows:  # keep the 1x1 convs exactly invertible
-                flow.invconv.float()
+            for flow, invconv in zip(self.model.flows, invconvs):
+                flow.invconv = invconv
         self.tail_frames = receptive_field_frames(model) if tail_frames is None else int(tail_frames)
         self._mel = MelSpectrogram(config.mel).to(self.device)
         self._denoiser = None
