@@ -147,28 +147,37 @@ def run(args: argparse.Namespace) -> None:
     voc = load_vocoder(args.checkpoint, args.device, args.half)
     from waveflow.vocoder import check_mel
 
-    for (path, _), mel in zip(pairs, mels):
-        checked = check_mel(mel, voc.n_mels, name=str(path))
+    for i, ((path, _), mel) in enumerate(zip(pairs, mels)):
+        checked = check_mel(mel, voc.n_mels, name=str(path))  # warns here, once, about linear mels
         if checked.shape[0] != 1:
             raise SynthesisError(f"{path}: shape {mel.shape}; expected one mel ({voc.n_mels}, frames)")
+        mels[i] = checked[0].numpy()
+    log.addFilter(_drop_linear_mel_warnings)  # already said above, per file
     start, seconds = time.perf_counter(), 0.0
     batches = [list(range(i, min(i + args.batch_size, len(pairs)))) for i in range(0, len(pairs), args.batch_size)]
     bar = tqdm(total=len(pairs), unit="mel", disable=len(pairs) == 1)
-    for idx in batches:
-        if args.stream:
-            outs = [_stream(voc, mels[i], args) for i in idx]
-        else:
-            outs = voc([mels[i] for i in idx], sigma=args.sigma, seed=args.seed, denoise=args.denoise)
-        for i, audio in zip(idx, outs):
-            save_wav(pairs[i][1], audio, voc.sample_rate)
-            seconds += len(audio) / voc.sample_rate
-        bar.update(len(idx))
-    bar.close()
+    try:
+        for idx in batches:
+            if args.stream:
+                outs = [_stream(voc, mels[i], args) for i in idx]
+            else:
+                outs = voc([mels[i] for i in idx], sigma=args.sigma, seed=args.seed, denoise=args.denoise)
+            for i, audio in zip(idx, outs):
+                save_wav(pairs[i][1], audio, voc.sample_rate)
+                seconds += len(audio) / voc.sample_rate
+            bar.update(len(idx))
+    finally:
+        bar.close()
+        log.removeFilter(_drop_linear_mel_warnings)
     elapsed = time.perf_counter() - start
     what = pairs[0][1] if len(pairs) == 1 else f"{len(pairs)} wavs in {args.output}"
     print(f"wrote {what}: {seconds:.2f} s of audio in {elapsed:.2f} s (real-time factor {elapsed / seconds:.2f})")
     if args.reference:
         _compare(voc, args.reference, pairs[0][1])
+
+
+def _drop_linear_mel_warnings(record: logging.LogRecord) -> bool:
+    return "linear mel" not in record.getMessage()
 
 
 def _stream(voc, mel: np.ndarray, args: argparse.Namespace) -> np.ndarray:
