@@ -147,4 +147,6 @@ def test_bad_checkpoints_and_outputs(tmp_path, ckpt, capsys):
     if not torch.cuda.is_available():
         result = run_in_process(capsys, "synthesize", tmp_path / "m.npy", "-o", out, "--half")
         assert_one_line_error(result, "--half needs --device cuda")
+        result = run_in_process(capsys, "synthesize", tmp_path / "m.npy", "-o", out, "--device", "cuda")
+        assert_one_line_error(result, "CUDA is not available")
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".wav" or p.name.endswith(".tmp")) == []
