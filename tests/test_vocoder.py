@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import perturb_
+from conftest import perturb_, tiny_config
 
 from waveflow.audio import MelSpectrogram, load_wav
 from waveflow.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
@@ -231,3 +231,19 @@ def test_bundled_model_shapes_determinism_and_mel(clip):
     assert np.isfinite(out[0]).all() and np.abs(out[0]).max() > 0
     np.testing.assert_allclose(out[1], voc(short, seed=0)[0], atol=1e-5)
     np.testing.assert_allclose(out[0], voc(mel, seed=0)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("n_layers", [2, 4])
+def test_a_mel_frame_reaches_no_further_than_the_receptive_field(n_layers):
+    """Brute force: change one frame and see which samples move."""
+    model = perturb_(WaveGlow(tiny_config(n_layers=n_layers)), std=0.2)
+    cfg = make_config("tiny")
+    cfg.model = model.cfg
+    voc = Vocoder(model, cfg, tail_frames=0)
+    rf = receptive_field_frames(voc.model)
+    mel = random_mel(40, seed=3)
+    changed = mel.clone()
+    changed[:, 20] += 3.0
+    moved = (voc(changed, seed=0)[0] - voc(mel, seed=0)[0]).abs() > 1e-6
+    lo, hi = (20 - rf) * HOP, 20 * HOP + model.cfg.upsample_kernel + rf * HOP
+    assert moved.any() and not moved[:lo].any() and not moved[hi:].any()
