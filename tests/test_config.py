@@ -26,6 +26,9 @@ def test_overrides_apply_on_top_of_preset():
         ({"model": {"kernel_size": 4}}, "kernel_size must be odd"),
         ({"model": {"n_mels": 40}}, r"model.n_mels \(40\) must equal mel.n_mels \(80\)"),
         ({"preset": "huge"}, "unknown model preset 'huge'"),
+        ({"model": {"cond_rate": "frame"}}, "model.cond_rate must be 'sample' or 'group'"),
+        ({"model": {"cond_rate": "group", "n_group": 24}}, r"needs n_group \(24\) to divide hop_length \(256\)"),
+        ({"model": {"upsample_kernel": 128}}, r"upsample_kernel must be >= the upsampler stride \(256\)"),
     ],
 )
 def test_bad_overrides_are_refused(overrides, match):

@@ -7,6 +7,7 @@ import torch
 from conftest import assert_finite, brute_force_logdet, tiny_config, tiny_model
 
 from waveflow.config import MODEL_PRESETS, ModelConfig, model_preset
+from waveflow.cost import flops_per_sample
 from waveflow.flows import Invertible1x1Conv, squeeze
 from waveflow.loss import flow_nll
 from waveflow.model import WaveGlow
@@ -17,6 +18,7 @@ VARIANTS = {
     "lu": dict(lu=True),
     "actnorm": dict(actnorm=True),
     "lu_actnorm_no_wn": dict(lu=True, actnorm=True, weight_norm=False),
+    "group_rate_cond": dict(cond_rate="group", upsample_kernel=128),
 }
 
 
@@ -149,6 +151,23 @@ def test_optimize_for_inference_keeps_the_function(variant):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_optimize_for_inference_in_half_keeps_the_invertible_convs_in_float32():
+    model = tiny_model(perturbed=True, lu=True, actnorm=True).eval()
+    _, mel = _pair(frames=5)
+    z = torch.randn(model.latent_shape(2, 5 * 256), generator=torch.Generator().manual_seed(1)) * 0.6
+    with torch.no_grad():
+        expected = model.infer(mel, z=z)
+    model.optimize_for_inference(torch.bfloat16)
+    assert model.upsample.weight.dtype == torch.bfloat16
+    exact = [p for f in model.flows for p in [*f.invconv.parameters(), *f.actnorm.parameters()]]
+    assert all(p.dtype == torch.float32 for p in exact)
+    with torch.inference_mode():
+        got = model.infer(mel.bfloat16(), z=z.bfloat16())
+    assert got.dtype == torch.bfloat16
+    # bfloat16 keeps 8 bits of mantissa: agreement to a few percent of the signal's scale
+    assert (got.float() - expected).abs().max() < 0.05 * expected.abs().max()
+
+
 def test_infer_pads_to_whole_groups_and_trims():
     model = tiny_model().eval()
     _, mel = _pair(frames=3)
@@ -229,3 +248,43 @@ def test_presets():
     n_default = WaveGlow(model_preset("default")).num_parameters()
     n_small = WaveGlow(model_preset("small")).num_parameters()
     assert n_default >= 5 * n_small
+
+
+def test_group_rate_conditioning_sees_the_mel_at_the_group_rate():
+    cfg = model_preset("realtime")
+    assert cfg.cond_channels == cfg.n_mels and cfg.upsample_stride == cfg.hop_length // cfg.n_group
+    model = WaveGlow(cfg)
+    cond = model.upsample_mel(torch.randn(1, 80, 7), 7 * 256)
+    assert cond.shape == (1, 80, 7 * 256 // cfg.n_group)
+    # the conditioner of every coupling reads n_mels channels, not n_mels * n_group
+    assert model.flows[0].coupling.wn.cond_layer.in_channels == 80
+    # far cheaper per sample than the default, which conditions on 640 channels per step
+    assert flops_per_sample(cfg) * 50 < flops_per_sample(model_preset("default"))
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(n_group=8, n_early_size=2, upsample_kernel=768)])
+def test_composed_conditioning_gives_the_same_audio(overrides):
+    model = tiny_model(perturbed=True, **overrides).eval()
+    _, mel = _pair(frames=9)
+    z = torch.randn(model.latent_shape(2, 9 * 256), generator=torch.Generator().manual_seed(1)) * 0.6
+    with torch.no_grad():
+        expected = model.infer(mel, z=z)
+        model.optimize_for_inference(compose=True)
+        assert model._composed is not None
+        got = model.infer(mel, z=z)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # the composed maps follow the weights: a change falls back to the exact path
+    with torch.no_grad():
+        model.upsample.bias.add_(0.5)
+        moved = model.infer(mel, z=z)
+    assert model._composed is None
+    assert not torch.allclose(moved, got)
+    model.compose_conditioning()
+    with torch.no_grad():
+        torch.testing.assert_close(model.infer(mel, z=z), moved, rtol=1e-4, atol=1e-5)
+
+
+def test_composing_refuses_a_layout_it_cannot_compose():
+    model = tiny_model(cond_rate="group", upsample_kernel=128)
+    with pytest.raises(ValueError, match="composing the conditioning needs cond_rate 'sample'"):
+        model.compose_conditioning()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -138,12 +139,42 @@ class WaveNet(nn.Module):
             for i in range(n_layers)
         )
         self.end = Conv1d(n_channels, out_channels, 1, weight_norm=False, zero_init=True)
+        self._fused_cache: tuple[tuple, _FusedWeights] | None = None
 
     def project_cond(self, cond: torch.Tensor) -> torch.Tensor:
         """Conditioning for all layers, ``(B, 2 * n_channels * n_layers, T)``."""
         return self.cond_layer(cond)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, cond_projected: bool = False) -> torch.Tensor:
+        """Exactly the layer-by-layer network of the class docstring, computed with two
+        algebraic shortcuts (see ``_fused``): the end conv is folded into every skip
+        conv, and the start conv into the first dilated conv."""
+        cond = cond if cond_projected else self.project_cond(cond)
+        if x.shape[-1] <= 2 * self.in_layers[0].padding:
+            return self.forward_unfused(x, cond, cond_projected=True)
+        fused = self._fused()
+        c, c2 = self.n_channels, 2 * self.n_channels
+        pad = self.in_layers[0].padding
+        h = F.conv1d(x, fused.start_w, fused.start_b)
+        pre = F.conv1d(x, fused.first_w, fused.first_b, padding=pad)
+        if pad:
+            # The first dilated conv zero-pads h, not x: outside the signal start(x) would
+            # be start's bias, so take its contribution back where taps fall off the ends.
+            pre = torch.cat([pre[..., :pad] - fused.left, pre[..., pad:-pad], pre[..., -pad:] - fused.right], dim=-1)
+        out = None
+        for i, in_layer in enumerate(self.in_layers):
+            if i:
+                pre = F.conv1d(h, fused.in_w[i], fused.in_b[i], padding=in_layer.padding, dilation=in_layer.dilation)
+            acts = gated_activation(pre + cond[:, i * c2 : (i + 1) * c2], c)
+            res_skip = F.conv1d(acts, fused.res_skip_w[i], fused.res_skip_b[i])
+            if i < self.n_layers - 1:
+                h = h + res_skip[:, :c]
+                res_skip = res_skip[:, c:]
+            out = res_skip if out is None else out + res_skip
+        return out
+
+    def forward_unfused(self, x: torch.Tensor, cond: torch.Tensor, cond_projected: bool = False) -> torch.Tensor:
+        """The network as defined, layer by layer (the reference ``forward`` is tested against)."""
         h = self.start(x)
         cond = cond if cond_projected else self.project_cond(cond)
         c2 = 2 * self.n_channels
@@ -156,3 +187,72 @@ class WaveNet(nn.Module):
                 out = out[:, self.n_channels :]
             skip = out if skip is None else skip + out
         return self.end(skip)
+
+    def _fused(self) -> _FusedWeights:
+        """The fused weights; cached in eval mode without autograd, like ``Conv1d``'s."""
+        if self.training or torch.is_grad_enabled():
+            return self._compute_fused()
+        key = _param_key(*self.parameters())
+        if self._fused_cache is None or self._fused_cache[0] != key:
+            self._fused_cache = (key, self._compute_fused())
+        return self._fused_cache[1]
+
+    def train(self, mode: bool = True) -> WaveNet:
+        self._fused_cache = None
+        return super().train(mode)
+
+    def _compute_fused(self) -> _FusedWeights:
+        """Weights of the shortcuts, exact by linearity:
+
+        * end(sum_i skip_i(a_i)) = sum_i (E S_i) a_i + (E sum_i s_i + e): each layer's skip
+          conv S_i (C -> C) is replaced by E S_i (C -> out_channels), and the end conv goes;
+        * in_0(start(x)) is one conv from in_channels with weights W0_k Ws per tap k and
+          bias b0 + sum_k W0_k bs, corrected at the ends where in_0 zero-pads start(x).
+        """
+        c = self.n_channels
+        end_w = self.end.effective_weight()[:, :, 0]  # (out, C)
+        res_skip_w, res_skip_b = [], []
+        for i, layer in enumerate(self.res_skip_layers):
+            w, b = layer.effective_weight()[:, :, 0], layer.bias
+            skip_w, skip_b = (w[c:], b[c:]) if i < self.n_layers - 1 else (w, b)
+            skip_w, skip_b = end_w @ skip_w, end_w @ skip_b
+            if i == 0:
+                skip_b = skip_b + self.end.bias
+            if i < self.n_layers - 1:
+                skip_w, skip_b = torch.cat([w[:c], skip_w]), torch.cat([b[:c], skip_b])
+            res_skip_w.append(skip_w.unsqueeze(-1))
+            res_skip_b.append(skip_b)
+        start_w, start_b = self.start.effective_weight(), self.start.bias
+        first = self.in_layers[0]
+        w0 = first.effective_weight()  # (2C, C, k)
+        taps = torch.einsum("ock,c->ko", w0, start_b)  # W0_k bs per tap, (k, 2C)
+        pad = first.padding
+        # left end, position t < pad: taps k < pad - t read padding; right end mirrored.
+        left = torch.stack([taps[: pad - t].sum(0) for t in range(pad)], dim=-1) if pad else None
+        right = torch.stack([taps[pad + t + 1 :].sum(0) for t in range(pad)][::-1], dim=-1) if pad else None
+        return _FusedWeights(
+            start_w=start_w,
+            start_b=start_b,
+            first_w=torch.einsum("ock,ci->oik", w0, start_w[:, :, 0]),
+            first_b=first.bias + taps.sum(0),
+            left=left,
+            right=right,
+            in_w=[None] + [layer.effective_weight() for layer in self.in_layers[1:]],
+            in_b=[None] + [layer.bias for layer in self.in_layers[1:]],
+            res_skip_w=res_skip_w,
+            res_skip_b=res_skip_b,
+        )
+
+
+@dataclass
+class _FusedWeights:
+    start_w: torch.Tensor
+    start_b: torch.Tensor
+    first_w: torch.Tensor
+    first_b: torch.Tensor
+    left: torch.Tensor | None
+    right: torch.Tensor | None
+    in_w: list[torch.Tensor | None]
+    in_b: list[torch.Tensor | None]
+    res_skip_w: list[torch.Tensor]
+    res_skip_b: list[torch.Tensor]

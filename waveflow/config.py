@@ -72,6 +72,12 @@ class ModelConfig:
     # Mel upsampler: ConvTranspose1d(n_mels, n_mels, upsample_kernel, stride=hop_length).
     hop_length: int = 256
     upsample_kernel: int = 1024
+    # Where the conditioning lives. "sample" (WaveGlow): the mel is upsampled to the sample
+    # rate and squeezed like the audio, so the conditioner sees n_mels * n_group channels.
+    # "group" (SqueezeWave): the mel is upsampled only to the group rate (stride
+    # hop_length / n_group, upsample_kernel counted in group steps) and the conditioner
+    # sees n_mels channels: the conditioning cost per sample falls by n_group.
+    cond_rate: str = "sample"
     # Options beyond the published model.
     weight_norm: bool = True
     lu: bool = False
@@ -83,9 +89,15 @@ class ModelConfig:
         _check(self.n_early_every >= 0, "model.n_early_every must be >= 0 (0 disables early outputs)")
         _check(self.n_early_size >= 0, "model.n_early_size must be >= 0")
         _check(self.kernel_size % 2 == 1, "model.kernel_size must be odd (non-causal 'same' convolutions)")
+        _check(self.cond_rate in ("sample", "group"), "model.cond_rate must be 'sample' or 'group'")
         _check(
-            self.upsample_kernel >= self.hop_length,
-            "model.upsample_kernel must be >= model.hop_length, or upsampled frames leave gaps",
+            self.cond_rate == "sample" or self.hop_length % self.n_group == 0,
+            f"model.cond_rate 'group' needs n_group ({self.n_group}) to divide hop_length ({self.hop_length})",
+        )
+        _check(
+            self.upsample_kernel >= self.upsample_stride,
+            f"model.upsample_kernel must be >= the upsampler stride ({self.upsample_stride}), "
+            "or upsampled frames leave gaps",
         )
         for k, channels in enumerate(self.channels_per_flow()):
             _check(
@@ -93,6 +105,16 @@ class ModelConfig:
                 f"flow {k} would see {channels} channels; the affine coupling needs an even number >= 2 "
                 f"(n_group={self.n_group}, n_early_every={self.n_early_every}, n_early_size={self.n_early_size})",
             )
+
+    @property
+    def upsample_stride(self) -> int:
+        """Steps of the upsampled conditioning per mel frame (samples, or groups)."""
+        return self.hop_length if self.cond_rate == "sample" else self.hop_length // self.n_group
+
+    @property
+    def cond_channels(self) -> int:
+        """Channels of the conditioning every coupling's WaveNet sees."""
+        return self.n_mels * self.n_group if self.cond_rate == "sample" else self.n_mels
 
     def early_output_at(self, k: int) -> bool:
         """Whether ``n_early_size`` channels leave the flow before flow ``k``."""
@@ -177,6 +199,18 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # Trains on a laptop CPU in minutes; >5x fewer parameters than the default.
     "small": dict(
         n_flows=8, n_group=8, n_early_every=4, n_early_size=2, n_layers=4, n_channels=64, upsample_kernel=512
+    ),
+    # Over 10x real time on 2 CPU cores: SqueezeWave's recipe of a large group (128 samples
+    # per step, 172 steps/s) with the mel upsampled only to the group rate.
+    "realtime": dict(
+        n_flows=8,
+        n_group=128,
+        n_early_every=2,
+        n_early_size=16,
+        n_layers=4,
+        n_channels=96,
+        cond_rate="group",
+        upsample_kernel=4,
     ),
     # NVIDIA's published waveglow_256channels configuration.
     "default": dict(),

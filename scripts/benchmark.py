@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""Speed of waveflow: inference and training samples/s, achieved GFLOP/s and peak memory.
+
+    python scripts/benchmark.py                          # CPU grid, waveflow alone
+    python scripts/benchmark.py --reference ~/waveglow   # side by side with NVIDIA's glow.py
+    python scripts/benchmark.py --devices cuda --precisions fp32,fp16,bf16 --reference ~/waveglow
+
+Every figure is the median of ``--runs`` timed runs after ``--warmup`` untimed ones.
+GFLOP/s counts the model's nominal FLOPs (the network as defined, ``waveflow.cost``), so
+it compares directly with the measured fp32 matmul rate printed beside it; waveflow
+executes fewer FLOPs than that (its fused weights), which is why it can exceed what a
+layer-by-layer implementation reaches at the same matmul rate.
+
+With ``--reference DIR`` (a checkout of github.com/NVIDIA/waveglow, never part of this
+repository) the reference ``glow.py`` is imported from a patched copy in a temporary
+folder (its ``infer`` allocates noise with ``torch.cuda.*Tensor``; the copy allocates on
+the mel's device instead), loaded with waveflow's weights converted to NVIDIA's layout,
+and timed in the same process, interleaved run by run with waveflow. Both models get the
+same noise (NVIDIA's draw order, replayed into waveflow's z layout) and the largest
+difference of their outputs is printed.
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's peak
+resident set (VmHWM, reset before each measurement), which includes the Python process
+and the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from waveflow.config import model_preset
+from waveflow.cost import flops_per_sample
+from waveflow.loss import flow_nll
+from waveflow.model import WaveGlow
+
+SAMPLE_RATE = 22050
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# ------------------------------------------------------------------ measuring
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:  # "5" resets the peak resident set size (Linux >= 4.0)
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def _peak_mb(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _time(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, runs: int, warmup: int) -> dict:
+    """Median seconds of each function, the functions taking turns run by run."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            _time(fn, device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            times[name].append(_time(fn, device))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> float | None:
+    _reset_peak(device)
+    fn()
+    _sync(device)
+    return _peak_mb(device)
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, runs: int = 10) -> float:
+    """The rate of one square matmul, the ceiling the model's GFLOP/s is compared with."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = time_interleaved({"mm": lambda: a @ b}, device, runs, warmup=2)["mm"]
+    return 2 * n**3 / seconds / 1e9
+
+
+# ------------------------------------------------------------------ models
+def make_model(preset: str, device: torch.device, seed: int = 0) -> WaveGlow:
+    """A model with every coupling non-trivial (the end convs start at zero)."""
+    torch.manual_seed(seed)
+    model = WaveGlow(model_preset(preset))
+    with torch.no_grad():
+        for flow in model.flows:
+            flow.coupling.wn.end.weight.normal_(0.0, 0.02)
+    return model.to(device)
+
+
+def load_reference(reference_dir: Path):
+    """NVIDIA's glow module from a checkout, patched to allocate noise on the mel's device."""
+    source_file = reference_dir / "glow.py"
+    if not source_file.is_file():
+        raise SystemExit(f"--reference {reference_dir}: no glow.py there; expected a checkout of NVIDIA/waveglow")
+    source = source_file.read_text()
+    for cuda_type in ("torch.cuda.HalfTensor(", "torch.cuda.FloatTensor("):
+        source = source.replace(cuda_type, "spect.new_empty(")
+    folder = Path(tempfile.mkdtemp(prefix="waveglow_reference_"))
+    (folder / "glow.py").write_text(source)  # TorchScript in glow.py needs a real source file
+    spec = importlib.util.spec_from_file_location("glow", folder / "glow.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["glow"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_model(glow, model: WaveGlow, device: torch.device, training: bool = False):
+    """NVIDIA's WaveGlow holding ``model``'s weights: with weight norm for training, without
+    (as NVIDIA's inference does) otherwise."""
+    from waveflow.nvidia import to_nvidia_state_dict
+
+    cfg = model.cfg
+    ref = glow.WaveGlow(
+        cfg.n_mels,
+        cfg.n_flows,
+        cfg.n_group,
+        cfg.n_early_every,
+        cfg.n_early_size,
+        dict(n_layers=cfg.n_layers, n_channels=cfg.n_channels, kernel_size=cfg.kernel_size),
+    )
+    ref.load_state_dict(to_nvidia_state_dict(model))
+    if not training:
+        ref = glow.WaveGlow.remove_weightnorm(ref)
+    return ref.to(device).train(training)
+
+
+def nvidia_compatible(model: WaveGlow) -> bool:
+    """NVIDIA's code fixes the upsampler (kernel 1024) and has no LU, ActNorm or group-rate mel."""
+    cfg = model.cfg
+    return cfg.upsample_kernel == 1024 and cfg.cond_rate == "sample" and not (cfg.lu or cfg.actnorm)
+
+
+def nvidia_noise(model: WaveGlow, batch: int, steps: int, sigma: float, seed: int, device, dtype) -> torch.Tensor:
+    """The z NVIDIA's ``infer`` draws after ``torch.manual_seed(seed)``, in waveflow's layout:
+    it draws the channels that pass every flow first, then each early output from the last
+    flow down; waveflow's z holds the early outputs first, in flow order."""
+    cfg = model.cfg
+    n_early = [k for k in range(cfg.n_flows) if cfg.early_output_at(k)]
+    torch.manual_seed(seed)
+    remaining = torch.empty(batch, cfg.n_group - len(n_early) * cfg.n_early_size, steps, device=device, dtype=dtype)
+    remaining.normal_()
+    early = {}
+    for k in reversed(n_early):
+        early[k] = torch.empty(batch, cfg.n_early_size, steps, device=device, dtype=dtype).normal_()
+    return torch.cat([*(early[k] for k in n_early), remaining], dim=1) * sigma
+
+
+# ------------------------------------------------------------------ cases
+def bench_inference(args, preset: str, device: torch.device, precision: str, seconds: float, batch: int, glow) -> dict:
+    dtype = DTYPES[precision]
+    model = make_model(preset, device)
+    ref = reference_model(glow, model, device) if glow is not None and nvidia_compatible(model) else None
+    model = model.optimize_for_inference(dtype)
+    frames = max(1, round(seconds * SAMPLE_RATE / model.cfg.hop_length))
+    gen = torch.Generator(device=device).manual_seed(1)
+    mel = (torch.randn(batch, model.cfg.n_mels, frames, generator=gen, device=device) - 5.0).to(dtype)
+    samples = batch * frames * model.cfg.hop_length
+    fns = {"waveflow": lambda: model.infer(mel, sigma=0.6)}
+    if ref is not None:
+        if precision == "fp16":
+            ref = ref.half()
+        elif precision == "bf16":
+            ref = None  # NVIDIA's code tests for HalfTensor and has no bf16 path
+    if ref is not None:
+        fns["reference"] = lambda: ref.infer(mel, sigma=0.6)
+    row: dict = dict(kind="inference", preset=preset, device=device.type, precision=precision)
+    row.update(seconds=seconds, batch=batch, threads=torch.get_num_threads())
+    with torch.inference_mode():
+        medians = time_interleaved(fns, device, args.runs, args.warmup)
+        row["peak_mb"] = peak_memory(fns["waveflow"], device)
+        if ref is not None:
+            row["reference_peak_mb"] = peak_memory(fns["reference"], device)
+            z = nvidia_noise(model, batch, frames * model.cfg.hop_length // model.cfg.n_group, 0.6, 7, device, dtype)
+            torch.manual_seed(7)
+            expected = ref.infer(mel, sigma=0.6).float()
+            got = model.infer(mel, z=z).float()
+            row["max_abs_diff"] = (got - expected).abs().max().item()
+    nominal = flops_per_sample(model.cfg)
+    row["samples_per_s"] = samples / medians["waveflow"]
+    row["x_realtime"] = row["samples_per_s"] / SAMPLE_RATE
+    row["gflops"] = row["samples_per_s"] * nominal / 1e9
+    if "reference" in medians:
+        row["reference_samples_per_s"] = samples / medians["reference"]
+        row["speedup"] = medians["reference"] / medians["waveflow"]
+    return row
+
+
+def bench_training(args, preset: str, device: torch.device, precision: str, glow) -> dict:
+    """Samples/s of a full training step (forward, NLL, backward, Adam) at ``--segment``."""
+    model = make_model(preset, device).train()
+    ref = None
+    if glow is not None and nvidia_compatible(model) and precision == "fp32":
+        ref = reference_model(glow, model, device, training=True)
+    batch, segment = args.train_batch, args.segment
+    gen = torch.Generator(device=device).manual_seed(2)
+    audio = torch.randn(batch, segment, generator=gen, device=device) * 0.1
+    mel = torch.randn(batch, model.cfg.n_mels, 1 + segment // model.cfg.hop_length, generator=gen, device=device)
+    use_amp = precision != "fp32"
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    opt = _adam(model.parameters(), device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=DTYPES[precision], enabled=use_amp):
+            z, logdet = model(audio, mel)
+        loss = flow_nll(z.float(), logdet.float(), sigma=1.0).nats
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    fns = {"waveflow": step}
+    if ref is not None:
+        ref_loss = glow.WaveGlowLoss(sigma=1.0)
+        ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-4)
+
+        def ref_step() -> None:
+            loss = ref_loss(ref((mel, audio)))
+            ref_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            ref_opt.step()
+
+        fns["reference"] = ref_step
+    row: dict = dict(kind="training", preset=preset, device=device.type, precision=precision)
+    row.update(seconds=segment / SAMPLE_RATE, batch=batch, threads=torch.get_num_threads())
+    medians = time_interleaved(fns, device, args.train_runs, 1)
+    row["peak_mb"] = peak_memory(step, device)
+    if ref is not None:
+        row["reference_peak_mb"] = peak_memory(fns["reference"], device)
+    row["samples_per_s"] = batch * segment / medians["waveflow"]
+    # a training step costs about three passes: forward, and backward for inputs and weights
+    row["gflops"] = row["samples_per_s"] * 3 * flops_per_sample(model.cfg) / 1e9
+    if "reference" in medians:
+        row["reference_samples_per_s"] = batch * segment / medians["reference"]
+        row["speedup"] = medians["reference"] / medians["waveflow"]
+    return row
+
+
+def _adam(params, device: torch.device) -> torch.optim.Optimizer:
+    try:  # the fused kernel exists on CPU since torch 2.4 and on CUDA
+        return torch.optim.Adam(params, lr=1e-4, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=1e-4)
+
+
+# ------------------------------------------------------------------ report
+COLUMNS = [
+    ("kind", "{}"),
+    ("preset", "{}"),
+    ("device", "{}"),
+    ("precision", "{}"),
+    ("seconds", "{:g}"),
+    ("batch", "{}"),
+    ("samples_per_s", "{:,.0f}"),
+    ("x_realtime", "{:.2f}"),
+    ("gflops", "{:.1f}"),
+    ("of_matmul", "{:.0%}"),
+    ("peak_mb", "{:,.0f}"),
+    ("reference_samples_per_s", "{:,.0f}"),
+    ("speedup", "{:.2f}"),
+    ("max_abs_diff", "{:.1e}"),
+]
+
+
+def print_table(rows: list[dict]) -> None:
+    header = [name for name, _ in COLUMNS]
+    cells = [[fmt.format(row[name]) if row.get(name) is not None else "-" for name, fmt in COLUMNS] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    for c in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", default="realtime,small,default", help="comma-separated model presets")
+    p.add_argument("--devices", default="cpu", help="comma-separated: cpu, cuda")
+    p.add_argument("--precisions", default="fp32", help="comma-separated: fp32, fp16, bf16 (half on CUDA only)")
+    p.add_argument("--seconds", default="1,10", help="mel lengths in seconds of audio")
+    p.add_argument("--batch", default="1,8", help="batch sizes")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per case (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads (default: all cores)")
+    p.add_argument(
+        "--max-case-seconds",
+        type=float,
+        default=240.0,
+        help="skip an inference case whose estimated time (from the 1 s, batch 1 case) exceeds this",
+    )
+    p.add_argument("--train", action="store_true", help="also time training steps")
+    p.add_argument("--train-presets", default="default", help="presets for the training rows")
+    p.add_argument("--segment", type=int, default=16000, help="training segment length in samples")
+    p.add_argument("--train-batch", type=int, default=1, help="training batch size")
+    p.add_argument("--train-runs", type=int, default=5, help="timed training steps per case")
+    p.add_argument("--reference", type=Path, help="a checkout of NVIDIA/waveglow to time side by side")
+    p.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    glow = load_reference(args.reference.expanduser()) if args.reference else None
+    seconds = [float(s) for s in args.seconds.split(",")]
+    batches = [int(b) for b in args.batch.split(",")]
+    rows, machine = [], {}
+    for device_name in args.devices.split(","):
+        if device_name == "cuda" and not torch.cuda.is_available():
+            print("cuda: not available, skipped", file=sys.stderr)
+            continue
+        device = torch.device(device_name)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+        machine[device_name] = dict(name=name, matmul_fp32_gflops=matmul_gflops(device))
+        print(
+            f"{device_name}: {name}, {torch.get_num_threads()} threads, "
+            f"fp32 matmul {machine[device_name]['matmul_fp32_gflops']:.1f} GFLOP/s",
+            flush=True,
+        )
+        for precision in args.precisions.split(","):
+            if precision != "fp32" and device.type == "cpu":
+                continue  # no fast half path on these CPUs (see README)
+            for preset in args.presets.split(","):
+                base = None
+                for sec in sorted(seconds):
+                    for batch in sorted(batches):
+                        if base is not None:
+                            estimate = (args.runs + args.warmup) * batch * sec * SAMPLE_RATE / base
+                            estimate *= 2 if glow is not None else 1
+                            if estimate > args.max_case_seconds:
+                                print(
+                                    f"skip {preset} {device_name} {precision} {sec:g}s x{batch}: "
+                                    f"~{estimate:.0f}s > --max-case-seconds",
+                                    file=sys.stderr,
+                                )
+                                continue
+                        row = bench_inference(args, preset, device, precision, sec, batch, glow)
+                        base = base or row["samples_per_s"]
+                        rows.append(row)
+                        print_row_progress(row)
+            if args.train:
+                for preset in args.train_presets.split(","):
+                    row = bench_training(args, preset, device, precision, glow)
+                    rows.append(row)
+                    print_row_progress(row)
+        for row in rows:
+            if row["device"] == device_name and row["precision"] == "fp32":
+                row["of_matmul"] = row["gflops"] / machine[device_name]["matmul_fp32_gflops"]
+    print()
+    print_table(rows)
+    for device_name, info in machine.items():
+        print(f"{device_name}: fp32 matmul {info['matmul_fp32_gflops']:.1f} GFLOP/s (2048x2048, median)")
+    if args.json:
+        args.json.write_text(json.dumps(dict(machine=machine, torch=torch.__version__, rows=rows), indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def print_row_progress(row: dict) -> None:
+    extra = f"  x{row['speedup']:.2f} vs reference" if "speedup" in row else ""
+    print(
+        f"  {row['kind']:9s} {row['preset']:8s} {row['precision']} {row['seconds']:g}s x{row['batch']}: "
+        f"{row['samples_per_s']:,.0f} samples/s, {row['gflops']:.1f} GFLOP/s{extra}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
