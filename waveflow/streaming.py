@@ -49,7 +49,7 @@ class StreamingVocoder:
         self.sigma = sigma
         cfg = vocoder.model.cfg
         self.lookahead = default_lookahead(vocoder) if lookahead is None else int(lookahead)
-        overlap = math.ceil(cfg.upsample_kernel / cfg.hop_length) - 1
+        overlap = math.ceil(cfg.upsample_kernel / cfg.upsample_stride) - 1  # frames one upsampled step mixes
         self.lookback = self.lookahead + overlap if lookback is None else int(lookback)
         if self.lookahead < 0 or self.lookback < 0:
             raise ValueError(f"lookahead and lookback must be >= 0, got {self.lookahead}, {self.lookback}")

@@ -17,7 +17,6 @@ different lengths padded to a common length in one batch give the same audio as 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import math
@@ -123,15 +122,10 @@ class Vocoder:
         if half and self.device.type != "cuda":
             raise ValueError(f"half precision needs a CUDA device, got {self.device}")
         self.config = config
-        self.model = model.to(self.device).optimize_for_inference()
+        # float16 (CUDA only): optimize_for_inference keeps the 1x1 convs and ActNorm in float32
+        # so the flow stays exactly invertible; the conditioners and the upsampler run in float16.
         self.half = half
-        if half:
-            # The 1x1 convs stay float32 (never rounded through float16) so the flow stays
-            # exactly invertible; the conditioners and the upsampler run in float16.
-            invconvs = [copy.deepcopy(flow.invconv) for flow in self.model.flows]
-            self.model.half()
-            for flow, invconv in zip(self.model.flows, invconvs):
-                flow.invconv = invconv
+        self.model = model.to(self.device).optimize_for_inference(dtype=torch.float16 if half else None)
         self.tail_frames = receptive_field_frames(model) if tail_frames is None else int(tail_frames)
         self._mel = MelSpectrogram(config.mel).to(self.device)
         self._denoiser = None
