@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchmark  # noqa: E402
+import benchmark
 
 
 def main(argv: list[str] | None = None) -> int:

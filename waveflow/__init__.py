@@ -13,6 +13,8 @@ from waveflow.config import (
 )
 from waveflow.loss import NLL, flow_nll
 from waveflow.model import WaveGlow
+from waveflow.streaming import StreamingVocoder
+from waveflow.vocoder import Vocoder
 
 __version__ = "0.1.0"
 
@@ -23,7 +25,9 @@ __all__ = [
     "MelConfig",
     "MelSpectrogram",
     "ModelConfig",
+    "StreamingVocoder",
     "TrainConfig",
+    "Vocoder",
     "WaveGlow",
     "flow_nll",
     "load_config",

@@ -134,6 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train by exact maximum likelihood (torchrun for several processes)")
     add_train_arguments(p)
     p.set_defaults(func=_cmd_train)
+
+    from waveflow import evaluate, synthesize
+
+    p = sub.add_parser("synthesize", help="mel (.npy/.pt) or folder of mels -> wav(s)")
+    synthesize.add_arguments(p)
+    p.set_defaults(func=synthesize.run)
+
+    p = sub.add_parser("mel", help="wav -> mel (.npy/.pt) of the vocoder's convention")
+    synthesize.add_mel_arguments(p)
+    p.set_defaults(func=synthesize.run_mel)
+
+    p = sub.add_parser("evaluate", help="copy-synthesis quality (mel-L1, PESQ, STOI, NLL) vs Griffin-Lim")
+    evaluate.add_arguments(p)
+    p.set_defaults(func=evaluate.run)
     return parser
 
 

@@ -1,0 +1,86 @@
+"""StreamingVocoder: the same signal as offline synthesis, chunk boundaries without jumps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_vocoder import random_mel, tiny_vocoder
+
+from waveflow.audio import load_wav
+from waveflow.streaming import StreamingVocoder, default_lookahead, snr_db
+from waveflow.vocoder import Vocoder
+
+HOP = 256
+
+
+def stream_all(stream: StreamingVocoder, mel: torch.Tensor, chunk: int) -> tuple[torch.Tensor, list[int]]:
+    """Streamed audio and the sample indices where one returned piece ends and the next begins."""
+    pieces = [stream.push(mel[:, i : i + chunk]) for i in range(0, mel.shape[1], chunk)]
+    pieces.append(stream.flush())
+    bounds = np.cumsum([p.numel() for p in pieces if p.numel()])[:-1].tolist()
+    return torch.cat(pieces), bounds
+
+
+def assert_no_boundary_jump(streamed: torch.Tensor, offline: torch.Tensor, bounds: list[int]) -> None:
+    """A step across a chunk boundary must not exceed the offline signal's own largest
+    sample-to-sample step in the surrounding hop."""
+    steps = offline.diff().abs()
+    for b in bounds:
+        jump = (streamed[b] - streamed[b - 1]).abs()
+        local = steps[max(0, b - HOP) : b + HOP].max()
+        assert jump <= local + 1e-6, f"jump {jump:.4g} at sample {b} exceeds offline steps {local:.4g}"
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 24])
+def test_streamed_equals_offline_with_default_context(chunk):
+    voc = tiny_vocoder()
+    mel = random_mel(24, seed=1)
+    offline = voc(mel, seed=9)[0]
+    stream = StreamingVocoder(voc, seed=9)
+    streamed, bounds = stream_all(stream, mel, chunk)
+    assert streamed.shape == offline.shape
+    assert snr_db(offline, streamed) >= 30
+    assert_no_boundary_jump(streamed, offline, bounds)
+
+
+def test_context_covering_the_receptive_field_is_exact_and_none_is_not():
+    voc = tiny_vocoder()
+    mel = random_mel(16, seed=2)
+    offline = voc(mel, seed=1)[0]
+    exact, _ = stream_all(StreamingVocoder(voc, seed=1, lookahead=2, lookback=4), mel, 4)
+    assert snr_db(offline, exact) > 80
+    blind, _ = stream_all(StreamingVocoder(voc, seed=1, lookahead=0, lookback=0), mel, 4)
+    assert snr_db(offline, blind) < 80  # the test can tell context from none
+
+
+def test_latency_rtf_reset_and_misuse():
+    voc = tiny_vocoder()
+    stream = StreamingVocoder(voc, seed=0, lookahead=3)
+    assert stream.latency_ms == pytest.approx(1000 * 3 * HOP / 22050)
+    assert math.isnan(stream.rtf)
+    mel = random_mel(10)
+    first = stream.push(mel[:, :3])
+    assert first.numel() == 0  # 3 frames are all look-ahead: nothing is final yet
+    assert stream.push(mel[:, 3:]).numel() == 7 * HOP
+    assert stream.flush().numel() == 3 * HOP and stream.rtf > 0
+    with pytest.raises(ValueError, match="flushed"):
+        stream.push(mel)
+    stream.reset()
+    with pytest.raises(ValueError, match="transpose"):
+        stream.push(mel.T)
+    again, _ = stream_all(stream, mel, 10)
+    torch.testing.assert_close(again, voc(mel, seed=0)[0], atol=1e-5, rtol=1e-4)
+    assert default_lookahead(voc) == 1
+
+
+def test_streaming_a_real_clip_with_the_bundled_model(clip):
+    voc = Vocoder.default()
+    audio = load_wav(clip)[22050 : 22050 + 6000]
+    mel = torch.from_numpy(voc.mel(audio))
+    offline = voc(mel, seed=4)[0]
+    streamed, bounds = stream_all(StreamingVocoder(voc, seed=4), mel, 10)
+    assert snr_db(offline, streamed) >= 30
+    assert_no_boundary_jump(streamed, offline, bounds)

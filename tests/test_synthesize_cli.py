@@ -1,0 +1,152 @@
+"""`waveflow mel` and `waveflow synthesize` run as a user would: in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import REPO
+from test_vocoder import random_mel, write_tiny_checkpoint
+
+from waveflow.checkpoint import make_checkpoint
+from waveflow.cli import main
+from waveflow.config import make_config
+from waveflow.model import WaveGlow
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "waveflow.cli", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def run_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The same entry point without a new interpreter (torch imports once): for the many
+    bad-input cases; a few of them also run in a subprocess below."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = tmp_path / "tiny.pt"
+    write_tiny_checkpoint(path)
+    return path
+
+
+def test_round_trip_wav_to_mel_to_wav_with_the_bundled_model(tmp_path, clip):
+    wav = tmp_path / "short.wav"
+    audio, sr = sf.read(clip, dtype="float32")
+    sf.write(wav, audio[:8000], sr, subtype="PCM_16")
+    result = run_cli("mel", wav, "-o", tmp_path / "m.npy")
+    assert result.returncode == 0, result.stderr
+    mel = np.load(tmp_path / "m.npy")
+    assert mel.shape == (80, 1 + 8000 // 256) and mel.dtype == np.float32
+    result = run_cli("synthesize", tmp_path / "m.npy", "-o", tmp_path / "out.wav", "--reference", wav)
+    assert result.returncode == 0, result.stderr
+    out, rate = sf.read(tmp_path / "out.wav")
+    assert rate == 22050 and out.shape == (mel.shape[1] * 256,)
+    assert "pesq_wb" in result.stdout and "stoi" in result.stdout and "mel_l1" in result.stdout
+
+
+def test_folder_of_npy_and_pt_batched_equals_one_by_one(tmp_path, ckpt):
+    (tmp_path / "mels").mkdir()
+    np.save(tmp_path / "mels" / "a.npy", random_mel(7, seed=1).numpy())
+    torch.save(random_mel(12, seed=2), tmp_path / "mels" / "b.pt")
+    np.save(tmp_path / "mels" / "c.npy", random_mel(3, seed=3).numpy())
+    common = ["--checkpoint", ckpt, "--seed", "5"]
+    result = run_cli("synthesize", tmp_path / "mels", "-o", tmp_path / "wavs", "--batch-size", "3", *common)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "wavs").iterdir()) == ["a.wav", "b.wav", "c.wav"]
+    result = run_cli("synthesize", tmp_path / "mels" / "b.pt", "-o", tmp_path / "b_alone.wav", *common)
+    assert result.returncode == 0, result.stderr
+    batched, _ = sf.read(tmp_path / "wavs" / "b.wav", dtype="int16")
+    alone, _ = sf.read(tmp_path / "b_alone.wav", dtype="int16")
+    assert batched.shape == (12 * 256,)
+    assert np.abs(batched.astype(int) - alone.astype(int)).max() <= 1  # 16-bit rounding at most
+
+
+def test_stream_option_reports_latency(tmp_path, ckpt):
+    np.save(tmp_path / "m.npy", random_mel(20).numpy())
+    result = run_cli("synthesize", tmp_path / "m.npy", "-o", tmp_path / "s.wav", "--checkpoint", ckpt, "--stream")
+    assert result.returncode == 0, result.stderr
+    assert "look-ahead" in result.stdout and "real-time factor" in result.stdout
+    assert sf.read(tmp_path / "s.wav")[0].shape == (20 * 256,)
+
+
+def bad_mels(tmp_path):
+    np.save(tmp_path / "time_major.npy", np.zeros((50, 80), np.float32))
+    np.save(tmp_path / "nan.npy", np.full((80, 5), np.nan, np.float32))
+    np.save(tmp_path / "empty.npy", np.zeros((80, 0), np.float32))
+    (tmp_path / "garbage.npy").write_bytes(b"not a numpy file at all")
+    torch.save({"not": "a tensor"}, tmp_path / "dict.pt")
+    return {
+        "missing.npy": "no such mel file",
+        "time_major.npy": "transpose",
+        "nan.npy": "NaN or Inf",
+        "empty.npy": "zero frames",
+        "garbage.npy": "cannot read mel",
+        "dict.pt": "expected an array",
+    }
+
+
+def test_every_bad_mel_is_one_line_and_leaves_no_wav(tmp_path, ckpt, capsys):
+    for name, message in bad_mels(tmp_path).items():
+        out = tmp_path / f"{name}.wav"
+        runner = run_cli if name == "time_major.npy" else lambda *a: run_in_process(capsys, *a)
+        result = runner("synthesize", tmp_path / name, "-o", out, "--checkpoint", ckpt)
+        assert_one_line_error(result, name, message)
+        assert not out.exists()
+
+
+def test_a_linear_mel_warns_but_synthesizes(tmp_path, ckpt):
+    np.save(tmp_path / "lin.npy", np.full((80, 4), 40.0, np.float32))
+    result = run_cli("synthesize", tmp_path / "lin.npy", "-o", tmp_path / "lin.wav", "--checkpoint", ckpt)
+    assert result.returncode == 0 and result.stderr.count("linear mel") == 1, result.stderr
+    assert (tmp_path / "lin.wav").exists()
+
+
+def test_bad_checkpoints_and_outputs(tmp_path, ckpt, capsys):
+    np.save(tmp_path / "m.npy", random_mel(4).numpy())
+    (tmp_path / "cut.pt").write_bytes(ckpt.read_bytes()[:300])
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    small = make_config("small")
+    data = make_checkpoint(WaveGlow(small.model), small)
+    data["config"] = make_config("tiny").to_dict()  # config says tiny, weights are small
+    torch.save(data, tmp_path / "mismatch.pt")
+    cases = {
+        "missing.pt": "no such checkpoint",
+        "cut.pt": "truncated or corrupt",
+        "other.pt": "not a waveflow checkpoint",
+        "mismatch.pt": "do not fit the model config",
+    }
+    out = tmp_path / "out.wav"
+    for name, message in cases.items():
+        runner = run_cli if name == "cut.pt" else lambda *a: run_in_process(capsys, *a)
+        result = runner("synthesize", tmp_path / "m.npy", "-o", out, "--checkpoint", tmp_path / name)
+        assert_one_line_error(result, name, message)
+        assert not out.exists()
+    result = run_cli("synthesize", tmp_path / "m.npy", "-o", tmp_path / "nodir" / "o.wav", "--checkpoint", ckpt)
+    assert_one_line_error(result, "nodir", "does not exist")
+    result = run_in_process(capsys, "synthesize", tmp_path / "m.npy", "-o", tmp_path / "o.mp3", "--checkpoint", ckpt)
+    assert_one_line_error(result, "o.mp3", ".wav")
+    if not torch.cuda.is_available():
+        result = run_in_process(capsys, "synthesize", tmp_path / "m.npy", "-o", out, "--half")
+        assert_one_line_error(result, "--half needs --device cuda")
+        result = run_in_process(capsys, "synthesize", tmp_path / "m.npy", "-o", out, "--device", "cuda")
+        assert_one_line_error(result, "CUDA is not available")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".wav" or p.name.endswith(".tmp")) == []

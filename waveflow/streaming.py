@@ -1,0 +1,140 @@
+"""Streaming synthesis: mel frames in chunks of any size, audio out as soon as possible.
+
+Audio for frames ``[a, b)`` is synthesized from the window of frames
+``[a - lookback, b + lookahead)`` with the noise of those absolute positions (see
+``waveflow.vocoder``), and only the samples of ``[a, b)`` are kept. Since z is the same as
+offline, a streamed utterance differs from the offline one only where the flow's receptive
+field reaches past the window; with context covering the receptive field the two are equal
+up to float rounding. The end of the utterance (``flush``) gets the same silent tail as
+offline synthesis.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from waveflow.vocoder import MelLike, Vocoder, check_mel, receptive_field_frames
+
+MAX_DEFAULT_LOOKAHEAD = 16  # frames (186 ms at 22050 Hz, hop 256): caps the latency of deep models
+
+
+def default_lookahead(vocoder: Vocoder) -> int:
+    """The model's receptive field in frames, capped at ``MAX_DEFAULT_LOOKAHEAD``."""
+    return min(receptive_field_frames(vocoder.model), MAX_DEFAULT_LOOKAHEAD)
+
+
+class StreamingVocoder:
+    """Push mel chunks ``(n_mels, n)`` with ``push``; each call returns the audio ``(samples,)``
+    that became final (possibly empty); ``flush`` returns the rest at the end of the utterance.
+
+    ``lookahead``: frames of future context before a frame's audio is emitted (the
+    algorithmic latency); ``lookback``: frames of past context (default: lookahead plus the
+    mel upsampler's overlap). One utterance at a time; ``reset`` starts a new one.
+    """
+
+    def __init__(
+        self,
+        vocoder: Vocoder,
+        sigma: float = 0.6,
+        seed: int | None = None,
+        lookahead: int | None = None,
+        lookback: int | None = None,
+    ) -> None:
+        self.vocoder = vocoder
+        self.sigma = sigma
+        cfg = vocoder.model.cfg
+        self.lookahead = default_lookahead(vocoder) if lookahead is None else int(lookahead)
+        overlap = math.ceil(cfg.upsample_kernel / cfg.upsample_stride) - 1  # frames one upsampled step mixes
+        self.lookback = self.lookahead + overlap if lookback is None else int(lookback)
+        if self.lookahead < 0 or self.lookback < 0:
+            raise ValueError(f"lookahead and lookback must be >= 0, got {self.lookahead}, {self.lookback}")
+        self.seed = vocoder.resolve_seed(seed)
+        self.compute_s = 0.0
+        self.audio_samples = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the utterance; the next push starts a new one (same seed)."""
+        self._mel = torch.empty(self.vocoder.n_mels, 0)
+        self._offset = 0  # absolute index of self._mel's first frame
+        self._emitted = 0  # frames whose audio has been returned
+        self._done = False
+
+    @property
+    def latency_ms(self) -> float:
+        """Algorithmic latency: the look-ahead, in milliseconds of audio."""
+        return 1000.0 * self.lookahead * self.vocoder.hop_length / self.vocoder.sample_rate
+
+    @property
+    def rtf(self) -> float:
+        """Measured real-time factor so far: compute seconds per second of audio returned."""
+        seconds = self.audio_samples / self.vocoder.sample_rate
+        return self.compute_s / seconds if seconds else math.nan
+
+    def push(self, mel: MelLike) -> torch.Tensor:
+        """Add frames ``(n_mels, n)`` (n >= 1) and return the audio that is now final, on CPU."""
+        if self._done:
+            raise ValueError("stream already flushed; call reset() for a new utterance")
+        chunk = check_mel(mel, self.vocoder.n_mels, name="mel chunk")
+        if chunk.shape[0] != 1:
+            raise ValueError(f"mel chunk has shape {tuple(chunk.shape)}; expected ({self.vocoder.n_mels}, frames)")
+        self._mel = torch.cat([self._mel, chunk[0].cpu()], dim=1)
+        total = self._offset + self._mel.shape[1]
+        return self._emit(total - self.lookahead, total)
+
+    def flush(self) -> torch.Tensor:
+        """End of utterance: the remaining audio (with offline synthesis's silent tail as context)."""
+        if self._done:
+            return torch.empty(0)
+        total = self._offset + self._mel.shape[1]
+        tail = torch.full((self.vocoder.n_mels, self.vocoder.tail_frames), self.vocoder.silence)
+        self._mel = torch.cat([self._mel, tail], dim=1)
+        out = self._emit(total, total + self.vocoder.tail_frames)
+        self._done = True
+        return out
+
+    def _emit(self, end: int, available: int) -> torch.Tensor:
+        """Audio of frames ``[emitted, end)`` from the window ending at frame ``available``."""
+        if end <= self._emitted:
+            return torch.empty(0)
+        start = max(0, self._emitted - self.lookback)
+        window = self._mel[:, start - self._offset : available - self._offset]
+        hop = self.vocoder.hop_length
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            audio = self.vocoder.synthesize_window(window[None].to(self.vocoder.device), start, self.seed, self.sigma)[
+                0, (self._emitted - start) * hop : (end - start) * hop
+            ].cpu()
+        self.compute_s += time.perf_counter() - t0
+        self.audio_samples += audio.numel()
+        self._emitted = end
+        # Keep only the frames a later window can still need.
+        drop = max(0, self._emitted - self.lookback) - self._offset
+        if drop > 0:
+            self._mel = self._mel[:, drop:]
+            self._offset += drop
+        return audio
+
+    def stream(self, chunks: Iterable[MelLike]) -> Iterator[torch.Tensor]:
+        """Yield audio for an iterable of mel chunks, ending with the flush."""
+        for chunk in chunks:
+            audio = self.push(chunk)
+            if audio.numel():
+                yield audio
+        yield self.flush()
+
+
+def snr_db(reference: np.ndarray | torch.Tensor, estimate: np.ndarray | torch.Tensor) -> float:
+    """10 log10(|reference|^2 / |reference - estimate|^2) over the common length."""
+    ref = torch.as_tensor(reference).double().flatten()
+    est = torch.as_tensor(estimate).double().flatten()
+    n = min(ref.numel(), est.numel())
+    noise = (ref[:n] - est[:n]).square().sum()
+    if noise == 0:
+        return math.inf
+    return float(10 * torch.log10(ref[:n].square().sum() / noise))

@@ -1,0 +1,232 @@
+"""``waveflow synthesize`` (mel files -> wavs) and ``waveflow mel`` (wav -> mel file).
+
+synthesize takes one ``.npy``/``.pt`` mel ``(n_mels, frames)`` or a folder of them, and
+writes one wav or a folder of wavs (``NAME.npy`` -> ``NAME.wav``). Every wav is written to
+a temp file and renamed, so a failure never leaves a partial file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("waveflow")
+
+MEL_SUFFIXES = (".npy", ".pt")
+
+
+class SynthesisError(ValueError):
+    """A user-facing failure of synthesize/mel: printed as one line by the CLI."""
+
+
+# ------------------------------------------------------------------ mel files
+def load_mel_file(path: str | Path) -> np.ndarray:
+    """Read a mel saved as ``.npy`` (numpy array) or ``.pt`` (tensor), without executing code."""
+    path = Path(path)
+    if not path.exists():
+        raise SynthesisError(f"{path}: no such mel file")
+    if path.suffix not in MEL_SUFFIXES:
+        raise SynthesisError(f"{path}: unknown mel file type {path.suffix!r}; expected .npy or .pt")
+    try:
+        if path.suffix == ".npy":
+            data = np.load(path, allow_pickle=False)
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any file can be handed in: every failure means "unreadable"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SynthesisError(f"{path}: cannot read mel ({reason})") from None
+    if torch.is_tensor(data):
+        data = data.detach().float().numpy()
+    if not isinstance(data, np.ndarray):
+        raise SynthesisError(f"{path}: holds a {type(data).__name__}, expected an array (n_mels, frames)")
+    return data
+
+
+def save_mel_file(path: str | Path, mel: np.ndarray) -> None:
+    """Write ``.npy`` or ``.pt`` atomically (temp file + rename)."""
+    path = Path(path)
+    if path.suffix not in MEL_SUFFIXES:
+        raise SynthesisError(f"{path}: unknown mel file type {path.suffix!r}; expected .npy or .pt")
+    _check_writable(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            if path.suffix == ".npy":
+                np.save(handle, mel.astype(np.float32))
+            else:
+                torch.save(torch.from_numpy(mel.astype(np.float32)), handle)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _check_writable(path: Path) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise SynthesisError(f"{path}: cannot write, folder {folder} does not exist")
+    if path.is_dir():
+        raise SynthesisError(f"{path}: is a folder, expected a file name")
+    if not os.access(folder, os.W_OK):
+        raise SynthesisError(f"{path}: cannot write, folder {folder} is not writable")
+
+
+# --------------------------------------------------------------------- plans
+def plan(inp: Path, out: Path) -> list[tuple[Path, Path]]:
+    """(mel file, wav file) pairs for an input file or folder and an output file or folder."""
+    if not inp.exists():
+        raise SynthesisError(f"{inp}: no such mel file or folder")
+    if inp.is_dir():
+        mels = sorted(p for p in inp.iterdir() if p.suffix in MEL_SUFFIXES and not p.name.startswith("."))
+        if not mels:
+            raise SynthesisError(f"{inp}: folder holds no .npy or .pt mel files")
+        if out.suffix == ".wav":
+            raise SynthesisError(f"{out}: the input is a folder, so the output must be a folder, not a .wav")
+        if out.exists() and not out.is_dir():
+            raise SynthesisError(f"{out}: exists and is not a folder")
+        if not out.exists():
+            if not out.parent.is_dir():
+                raise SynthesisError(f"{out}: cannot create output folder, {out.parent} does not exist")
+            out.mkdir()
+        pairs = [(p, out / f"{p.stem}.wav") for p in mels]
+    else:
+        target = out / f"{inp.stem}.wav" if out.is_dir() else out
+        if target.suffix != ".wav":
+            raise SynthesisError(f"{out}: the output must be a .wav file or an existing folder")
+        pairs = [(inp, target)]
+    for _, wav in pairs:
+        _check_writable(wav)
+    return pairs
+
+
+# ------------------------------------------------------------------------ CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="a mel (.npy or .pt, shape (n_mels, frames)) or a folder of them")
+    parser.add_argument("-o", "--output", required=True, help="output .wav, or a folder for a folder of mels")
+    parser.add_argument("--checkpoint", default=None, help="waveflow checkpoint (default: the bundled model)")
+    parser.add_argument("--sigma", type=float, default=0.6, help="std of the latent noise (default: 0.6)")
+    parser.add_argument("--denoise", type=float, default=0.0, help="bias-removal strength, e.g. 0.01 (default: off)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--half", action="store_true", help="float16 conditioner (CUDA only)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=4, help="mels synthesized together (folders)")
+    parser.add_argument("--stream", action="store_true", help="synthesize with StreamingVocoder, chunk by chunk")
+    parser.add_argument("--chunk-frames", type=int, default=16, help="mel frames per streamed chunk")
+    parser.add_argument("--reference", default=None, help="a wav to compare the output with (prints quality)")
+
+
+def load_vocoder(checkpoint: str | None, device: str = "cpu", half: bool = False):
+    from waveflow.vocoder import Vocoder
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SynthesisError("--device cuda: CUDA is not available on this machine")
+    if half and device != "cuda":
+        raise SynthesisError("--half needs --device cuda")
+    if checkpoint:
+        return Vocoder.from_checkpoint(checkpoint, device=device, half=half)
+    return Vocoder.default(device=device, half=half)
+
+
+def run(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from waveflow.audio import save_wav
+
+    if args.batch_size < 1:
+        raise SynthesisError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.stream and args.chunk_frames < 1:
+        raise SynthesisError(f"--chunk-frames must be >= 1, got {args.chunk_frames}")
+    pairs = plan(Path(args.input), Path(args.output))
+    mels = [load_mel_file(p) for p, _ in pairs]  # read (and validate) everything before any work
+    voc = load_vocoder(args.checkpoint, args.device, args.half)
+    from waveflow.vocoder import check_mel
+
+    for i, ((path, _), mel) in enumerate(zip(pairs, mels)):
+        checked = check_mel(mel, voc.n_mels, name=str(path))  # warns here, once, about linear mels
+        if checked.shape[0] != 1:
+            raise SynthesisError(f"{path}: shape {mel.shape}; expected one mel ({voc.n_mels}, frames)")
+        mels[i] = checked[0].numpy()
+    log.addFilter(_drop_linear_mel_warnings)  # already said above, per file
+    start, seconds = time.perf_counter(), 0.0
+    batches = [list(range(i, min(i + args.batch_size, len(pairs)))) for i in range(0, len(pairs), args.batch_size)]
+    bar = tqdm(total=len(pairs), unit="mel", disable=len(pairs) == 1)
+    try:
+        for idx in batches:
+            if args.stream:
+                outs = [_stream(voc, mels[i], args) for i in idx]
+            else:
+                outs = voc([mels[i] for i in idx], sigma=args.sigma, seed=args.seed, denoise=args.denoise)
+            for i, audio in zip(idx, outs):
+                save_wav(pairs[i][1], audio, voc.sample_rate)
+                seconds += len(audio) / voc.sample_rate
+            bar.update(len(idx))
+    finally:
+        bar.close()
+        log.removeFilter(_drop_linear_mel_warnings)
+    elapsed = time.perf_counter() - start
+    what = pairs[0][1] if len(pairs) == 1 else f"{len(pairs)} wavs in {args.output}"
+    print(f"wrote {what}: {seconds:.2f} s of audio in {elapsed:.2f} s (real-time factor {elapsed / seconds:.2f})")
+    if args.reference:
+        _compare(voc, args.reference, pairs[0][1])
+
+
+def _drop_linear_mel_warnings(record: logging.LogRecord) -> bool:
+    return "linear mel" not in record.getMessage()
+
+
+def _stream(voc, mel: np.ndarray, args: argparse.Namespace) -> np.ndarray:
+    from waveflow.streaming import StreamingVocoder
+
+    stream = StreamingVocoder(voc, sigma=args.sigma, seed=args.seed)
+    pieces = [stream.push(mel[:, i : i + args.chunk_frames]) for i in range(0, mel.shape[1], args.chunk_frames)]
+    pieces.append(stream.flush())
+    print(
+        f"streamed {mel.shape[1]} frames in chunks of {args.chunk_frames}: look-ahead {stream.latency_ms:.0f} ms, "
+        f"real-time factor {stream.rtf:.2f}"
+    )
+    audio = torch.cat(pieces).cpu().numpy()
+    if args.denoise > 0:
+        audio = voc.denoiser(torch.from_numpy(audio)[None], args.denoise)[0].numpy()
+    return audio
+
+
+def _compare(voc, reference: str, output: Path) -> None:
+    from waveflow.audio import load_wav
+    from waveflow.evaluate import quality
+
+    ref = load_wav(reference, voc.sample_rate)
+    out = load_wav(output, voc.sample_rate)
+    scores = quality(ref, out, voc.sample_rate, voc.mel)
+    print(f"quality of {output} against {reference}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+
+
+def add_mel_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("wav", help="a wav (other sample rates are resampled)")
+    parser.add_argument("-o", "--output", required=True, help="output mel, .npy or .pt, shape (n_mels, frames)")
+    parser.add_argument(
+        "--checkpoint", default=None, help="use this checkpoint's mel convention (default: CONVENTIONS.md)"
+    )
+
+
+def run_mel(args: argparse.Namespace) -> None:
+    from waveflow.audio import MelSpectrogram, load_wav
+    from waveflow.checkpoint import checkpoint_config, read_checkpoint
+    from waveflow.config import MelConfig
+
+    cfg = MelConfig()
+    if args.checkpoint:
+        cfg = checkpoint_config(read_checkpoint(args.checkpoint), args.checkpoint).mel
+    out = Path(args.output)
+    if out.suffix not in MEL_SUFFIXES:
+        raise SynthesisError(f"{out}: unknown mel file type {out.suffix!r}; expected .npy or .pt")
+    _check_writable(out)
+    audio = torch.from_numpy(load_wav(args.wav, cfg.sample_rate))
+    mel = MelSpectrogram(cfg)(audio).numpy()
+    save_mel_file(out, mel)
+    print(f"wrote {out}: mel {mel.shape} of {args.wav} ({audio.numel() / cfg.sample_rate:.2f} s)")
