@@ -9,8 +9,6 @@ The mel follows CONVENTIONS.md: by default the Tacotron 2 / WaveGlow convention
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from waveflow.atomic import atomic_open
 from waveflow.config import MelConfig
 
 log = logging.getLogger("waveflow")
@@ -182,12 +181,5 @@ def save_wav(path: str | Path, audio: np.ndarray | torch.Tensor, sample_rate: in
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise ValueError(f"{path}: output folder {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            sf.write(handle, audio, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as handle:
+        sf.write(handle, audio, sample_rate, subtype="PCM_16", format="WAV")

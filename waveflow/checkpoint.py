@@ -12,15 +12,14 @@ so an interrupted save never leaves a half-written checkpoint behind.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from waveflow.atomic import atomic_open
 from waveflow.config import Config, ConfigError, config_from_dict
 from waveflow.model import WaveGlow
 
@@ -38,17 +37,8 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise CheckpointError(f"{path}: folder {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as handle:
+        torch.save(obj, handle)
 
 
 def make_checkpoint(model: WaveGlow, cfg: Config, **extra: Any) -> dict[str, Any]:

@@ -13,14 +13,14 @@ import argparse
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from waveflow.atomic import atomic_open
 
 log = logging.getLogger("waveflow")
 
@@ -205,8 +205,6 @@ def run(args: argparse.Namespace) -> None:
     print(f"waveflow real-time factor: {result['summary']['waveflow']['real_time_factor']:.2f} on {args.device}")
     if args.json:
         path = Path(args.json)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.resolve().parent)
-        with os.fdopen(fd, "w") as handle:
+        with atomic_open(path, "w") as handle:
             json.dump(result, handle, indent=2)
-        os.replace(tmp, path)
         print(f"wrote {path}")

@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Turn a training checkpoint into the model shipped inside the package.
+
+    python scripts/bundle_model.py exp/bundled/checkpoints/best.pt -o waveflow/assets/ljspeech_mini.pt
+
+Keeps the weights (as float16, which halves the file; loading casts them back to float32)
+and the config, drops the optimizer and RNG states, and records the source run's step and
+dev NLL. The result loads with ``torch.load(weights_only=True)`` like any checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from waveflow.checkpoint import FORMAT, VERSION, atomic_save, checkpoint_config, read_checkpoint
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", help="a checkpoint written by `waveflow train`")
+    p.add_argument("-o", "--out", required=True, help="where to write the bundled model")
+    p.add_argument("--note", default="", help="free text stored with it (e.g. the training command)")
+    args = p.parse_args()
+    data = read_checkpoint(args.checkpoint)
+    cfg = checkpoint_config(data, args.checkpoint)
+    weights = {k: v.half() if v.is_floating_point() else v for k, v in data["model"].items()}
+    bundled = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": cfg.to_dict(),
+        "model": weights,
+        "step": int(data.get("step", 0)),
+        "dev_nll": float(data.get("dev_nll", data.get("best_dev_nll", float("nan")))),
+        "note": args.note,
+    }
+    atomic_save(bundled, args.out)
+    n = sum(v.numel() for v in weights.values())
+    print(f"wrote {args.out}: {cfg.preset} preset, {n / 1e6:.2f} M parameters (float16), step {bundled['step']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
