@@ -93,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the model presets with their parameter counts")
     p.set_defaults(func=_cmd_presets)
+
+    from waveflow import export, nvidia
+
+    p = sub.add_parser("convert-nvidia", help="convert an NVIDIA WaveGlow checkpoint to a waveflow checkpoint")
+    nvidia.add_arguments(p)
+    p.set_defaults(func=nvidia.run)
+
+    p = sub.add_parser("export", help="export the inference path to TorchScript or ONNX")
+    export.add_arguments(p)
+    p.set_defaults(func=export.run)
     return parser
 
 
