@@ -75,6 +75,9 @@ def _atomic_write(out: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; an exported model is meant to be shared
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
