@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from waveflow.checkpoint import FORMAT, VERSION, atomic_save, checkpoint_config, read_checkpoint
 
 

@@ -5,7 +5,7 @@
 # Outputs go to $OUT (default: demo_out/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WAVEFLOW_EXTRAS=${WAVEFLOW_EXTRAS:-dev,eval} bash scripts/setup.sh
+WAVEFLOW_EXTRAS=${WAVEFLOW_EXTRAS:-dev,eval,export} bash scripts/setup.sh
 CLIP=${1:-../shared/data/LJSpeech-1.1-mini/wavs/LJ001-0001.wav}
 OUT=${OUT:-demo_out}
 mkdir -p "$OUT"

@@ -148,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="copy-synthesis quality (mel-L1, PESQ, STOI, NLL) vs Griffin-Lim")
     evaluate.add_arguments(p)
     p.set_defaults(func=evaluate.run)
+
+    from waveflow import export, nvidia
+
+    p = sub.add_parser("convert-nvidia", help="convert an NVIDIA WaveGlow checkpoint to a waveflow checkpoint")
+    nvidia.add_arguments(p)
+    p.set_defaults(func=nvidia.run)
+
+    p = sub.add_parser("export", help="export the inference path to TorchScript or ONNX")
+    export.add_arguments(p)
+    p.set_defaults(func=export.run)
     return parser
 
 
