@@ -234,3 +234,17 @@ def test_cli_converts_and_refuses(tmp_path, glow):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "evil.pt" in lines[0] and "refusing to unpickle" in lines[0]
     assert not out2.exists() and not list(tmp_path.glob(".never.pt*"))
+
+
+def test_vocoder_from_nvidia_synthesizes_like_the_original_model(tmp_path):
+    from waveflow.vocoder import Vocoder
+
+    model = tiny_model(seed=6)
+    path = tmp_path / "release.pt"
+    torch.save({"state_dict": to_nvidia_state_dict(model), "config": nvidia_config(make_config("tiny"))}, path)
+    mel = torch.randn(80, 7, generator=torch.Generator().manual_seed(0)) - 4.0
+    ours = Vocoder(model, make_config("tiny"))(mel, seed=3)
+    theirs = Vocoder.from_nvidia(path)(mel, seed=3)
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"not_here\.pt"):
+        Vocoder.from_nvidia(tmp_path / "not_here.pt")

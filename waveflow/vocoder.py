@@ -141,6 +141,17 @@ class Vocoder:
         return cls(model, cfg, device=device, half=half, **kwargs)
 
     @classmethod
+    def from_nvidia(cls, path: str | Path, device: str | torch.device = "cpu", half: bool = False, **kwargs) -> Vocoder:
+        """Load one of NVIDIA's published WaveGlow checkpoints (see ``waveflow.nvidia``),
+        read without executing any code from the file."""
+        from waveflow.nvidia import load_nvidia
+
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device cuda requested but CUDA is not available")
+        model, cfg = load_nvidia(path, "cpu")
+        return cls(model, cfg, device=device, half=half, **kwargs)
+
+    @classmethod
     def default(cls, device: str | torch.device = "cpu", half: bool = False, **kwargs) -> Vocoder:
         """The model bundled with the package (``DEFAULT_CHECKPOINT``)."""
         if not DEFAULT_CHECKPOINT.is_file():
