@@ -40,10 +40,11 @@ from pathlib import Path
 
 import torch
 
-from waveflow.config import model_preset
+from waveflow.config import make_config, model_preset
 from waveflow.cost import flops_per_sample
 from waveflow.loss import flow_nll
 from waveflow.model import WaveGlow
+from waveflow.train import make_optimizer
 
 SAMPLE_RATE = 22050
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -233,7 +234,7 @@ def bench_training(args, preset: str, device: torch.device, precision: str, glow
     mel = torch.randn(batch, model.cfg.n_mels, 1 + segment // model.cfg.hop_length, generator=gen, device=device)
     use_amp = precision != "fp32"
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    opt = _adam(model.parameters(), device)
+    opt = make_optimizer(model, make_config(preset))  # the trainer's (fused) Adam
 
     def step() -> None:
         with torch.autocast(device.type, dtype=DTYPES[precision], enabled=use_amp):
@@ -269,13 +270,6 @@ def bench_training(args, preset: str, device: torch.device, precision: str, glow
         row["reference_samples_per_s"] = batch * segment / medians["reference"]
         row["speedup"] = medians["reference"] / medians["waveflow"]
     return row
-
-
-def _adam(params, device: torch.device) -> torch.optim.Optimizer:
-    try:  # the fused kernel exists on CPU since torch 2.4 and on CUDA
-        return torch.optim.Adam(params, lr=1e-4, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=1e-4)
 
 
 # ------------------------------------------------------------------ report
