@@ -19,9 +19,12 @@ and timed in the same process, interleaved run by run with waveflow. Both models
 same noise (NVIDIA's draw order, replayed into waveflow's z layout) and the largest
 difference of their outputs is printed.
 
-Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's peak
-resident set (VmHWM, reset before each measurement), which includes the Python process
-and the weights.
+Peak memory (``peak_mb``) is measured in a fresh process that builds the one model and
+runs one call (weights included, the Python/torch baseline not): on CUDA
+``torch.cuda.max_memory_allocated``, on CPU the peak resident set (VmHWM) minus the
+resident set before the model was built. ``--compose`` adds waveflow with the upsampler composed into every flow's
+conditioning (``optimize_for_inference(compose=True)``; its composed weights, 168 MB per
+flow of the default model, count in its ``composed_peak_mb``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from waveflow.compose import can_compose
 from waveflow.config import make_config, model_preset
 from waveflow.cost import flops_per_sample
 from waveflow.loss import flow_nll
@@ -66,12 +71,13 @@ def _reset_peak(device: torch.device) -> None:
             pass
 
 
-def _peak_mb(device: torch.device) -> float | None:
+def _memory_mb(device: torch.device, peak: bool) -> float | None:
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        return (torch.cuda.max_memory_allocated(device) if peak else torch.cuda.memory_allocated(device)) / 2**20
+    field = "VmHWM:" if peak else "VmRSS:"
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -98,11 +104,53 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device,
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def peak_memory(fn: Callable[[], object], device: torch.device) -> float | None:
-    _reset_peak(device)
-    fn()
+def peak_memory(args, **case) -> float | None:
+    """Peak memory (MB) of a fresh process that builds one model and runs one call of
+    ``case``, above what the process held before building it (Python and torch)."""
+    command = [sys.executable, __file__, "--probe", json.dumps(case), "--threads", str(args.threads)]
+    if args.reference:
+        command += ["--reference", str(args.reference)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"memory probe {case} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def probe(args, case: dict) -> None:
+    """The child side of ``peak_memory``: prints {"peak_mb": ...}."""
+    device = torch.device(case["device"])
+    glow = load_reference(args.reference.expanduser()) if args.reference else None
     _sync(device)
-    return _peak_mb(device)
+    before = _memory_mb(device, peak=False) if device.type == "cpu" else 0.0
+    _reset_peak(device)
+    impl, preset, dtype = case["impl"], case["preset"], DTYPES[case["precision"]]
+    model = make_model(preset, device)
+    if impl in ("reference", "train_reference"):
+        ref = reference_model(glow, model, device, training=impl == "train_reference")
+        del model
+    if impl == "train":
+        audio = torch.randn(case["batch"], case["segment"], device=device) * 0.1
+        mel = torch.randn(case["batch"], 80, 1 + case["segment"] // 256, device=device)
+        opt = make_optimizer(model, make_config(preset))
+        flow_nll(*model(audio, mel)).nats.backward()
+        opt.step()
+    elif impl == "train_reference":
+        audio = torch.randn(case["batch"], case["segment"], device=device) * 0.1
+        mel = torch.randn(case["batch"], 80, 1 + case["segment"] // 256, device=device)
+        opt = torch.optim.Adam(ref.parameters(), lr=1e-4)
+        glow.WaveGlowLoss(1.0)(ref((mel, audio))).backward()
+        opt.step()
+    else:
+        frames = max(1, round(case["seconds"] * SAMPLE_RATE / 256))
+        mel = (torch.randn(case["batch"], 80, frames, device=device) - 5.0).to(dtype)
+        with torch.inference_mode():
+            if impl == "reference":
+                (ref.half() if dtype == torch.float16 else ref).infer(mel, sigma=0.6)
+            else:
+                model.optimize_for_inference(dtype, compose=impl == "composed").infer(mel, sigma=0.6)
+    _sync(device)
+    print(json.dumps({"peak_mb": _memory_mb(device, peak=True) - before}))
 
 
 def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, runs: int = 10) -> float:
@@ -193,6 +241,9 @@ def bench_inference(args, preset: str, device: torch.device, precision: str, sec
     mel = (torch.randn(batch, model.cfg.n_mels, frames, generator=gen, device=device) - 5.0).to(dtype)
     samples = batch * frames * model.cfg.hop_length
     fns = {"waveflow": lambda: model.infer(mel, sigma=0.6)}
+    if args.compose and can_compose(model.cfg):
+        composed = make_model(preset, device).optimize_for_inference(dtype, compose=True)
+        fns["composed"] = lambda: composed.infer(mel, sigma=0.6)
     if ref is not None:
         if precision == "fp16":
             ref = ref.half()
@@ -204,9 +255,12 @@ def bench_inference(args, preset: str, device: torch.device, precision: str, sec
     row.update(seconds=seconds, batch=batch, threads=torch.get_num_threads())
     with torch.inference_mode():
         medians = time_interleaved(fns, device, args.runs, args.warmup)
-        row["peak_mb"] = peak_memory(fns["waveflow"], device)
+        case = dict(preset=preset, device=device.type, precision=precision, seconds=seconds, batch=batch)
+        row["peak_mb"] = peak_memory(args, impl="waveflow", **case)
+        if "composed" in fns:
+            row["composed_peak_mb"] = peak_memory(args, impl="composed", **case)
         if ref is not None:
-            row["reference_peak_mb"] = peak_memory(fns["reference"], device)
+            row["reference_peak_mb"] = peak_memory(args, impl="reference", **case)
             z = nvidia_noise(model, batch, frames * model.cfg.hop_length // model.cfg.n_group, 0.6, 7, device, dtype)
             torch.manual_seed(7)
             expected = ref.infer(mel, sigma=0.6).float()
@@ -219,6 +273,11 @@ def bench_inference(args, preset: str, device: torch.device, precision: str, sec
     if "reference" in medians:
         row["reference_samples_per_s"] = samples / medians["reference"]
         row["speedup"] = medians["reference"] / medians["waveflow"]
+    if "composed" in medians:
+        row["composed_samples_per_s"] = samples / medians["composed"]
+        row["composed_gflops"] = row["composed_samples_per_s"] * nominal / 1e9
+        if "reference" in medians:
+            row["composed_speedup"] = medians["reference"] / medians["composed"]
     return row
 
 
@@ -258,11 +317,12 @@ def bench_training(args, preset: str, device: torch.device, precision: str, glow
 
         fns["reference"] = ref_step
     row: dict = dict(kind="training", preset=preset, device=device.type, precision=precision)
-    row.update(seconds=segment / SAMPLE_RATE, batch=batch, threads=torch.get_num_threads())
+    row.update(seconds=round(segment / SAMPLE_RATE, 3), batch=batch, threads=torch.get_num_threads())
     medians = time_interleaved(fns, device, args.train_runs, 1)
-    row["peak_mb"] = peak_memory(step, device)
+    case = dict(preset=preset, device=device.type, precision=precision, batch=batch, segment=segment)
+    row["peak_mb"] = peak_memory(args, impl="train", **case)
     if ref is not None:
-        row["reference_peak_mb"] = peak_memory(fns["reference"], device)
+        row["reference_peak_mb"] = peak_memory(args, impl="train_reference", **case)
     row["samples_per_s"] = batch * segment / medians["waveflow"]
     # a training step costs about three passes: forward, and backward for inputs and weights
     row["gflops"] = row["samples_per_s"] * 3 * flops_per_sample(model.cfg) / 1e9
@@ -285,9 +345,13 @@ COLUMNS = [
     ("gflops", "{:.1f}"),
     ("of_matmul", "{:.0%}"),
     ("peak_mb", "{:,.0f}"),
+    ("reference_peak_mb", "{:,.0f}"),
     ("reference_samples_per_s", "{:,.0f}"),
     ("speedup", "{:.2f}"),
     ("max_abs_diff", "{:.1e}"),
+    ("composed_samples_per_s", "{:,.0f}"),
+    ("composed_speedup", "{:.2f}"),
+    ("composed_of_matmul", "{:.0%}"),
 ]
 
 
@@ -322,14 +386,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--segment", type=int, default=16000, help="training segment length in samples")
     p.add_argument("--train-batch", type=int, default=1, help="training batch size")
     p.add_argument("--train-runs", type=int, default=5, help="timed training steps per case")
+    p.add_argument("--compose", action="store_true", help="also time waveflow with composed conditioning")
     p.add_argument("--reference", type=Path, help="a checkout of NVIDIA/waveglow to time side by side")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    p.add_argument("--probe", help=argparse.SUPPRESS)  # internal: one memory measurement
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.probe:
+        probe(args, json.loads(args.probe))
+        return 0
     glow = load_reference(args.reference.expanduser()) if args.reference else None
     seconds = [float(s) for s in args.seconds.split(",")]
     batches = [int(b) for b in args.batch.split(",")]
@@ -375,6 +444,8 @@ def main(argv=None) -> int:
         for row in rows:
             if row["device"] == device_name and row["precision"] == "fp32":
                 row["of_matmul"] = row["gflops"] / machine[device_name]["matmul_fp32_gflops"]
+                if "composed_gflops" in row:
+                    row["composed_of_matmul"] = row["composed_gflops"] / machine[device_name]["matmul_fp32_gflops"]
     print()
     print_table(rows)
     for device_name, info in machine.items():

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WAVEFLOW_EXTRAS=${WAVEFLOW_EXTRAS:-dev,eval,export} bash scripts/setup.sh
-CLIP=${1:-../shared/data/LJSpeech-1.1-mini/wavs/LJ001-0001.wav}
+CLIP=${1:-../shared/data/LJSpeech-1.1-mini/wavs/LJ001-0032.wav}  # held out: the bundled model never trained on it
 OUT=${OUT:-demo_out}
 mkdir -p "$OUT"
 .venv/bin/waveflow mel "$CLIP" -o "$OUT/mel.npy"

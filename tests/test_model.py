@@ -151,6 +151,17 @@ def test_optimize_for_inference_keeps_the_function(variant):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_optimize_for_inference_inside_inference_mode():
+    model = tiny_model(perturbed=True).eval()
+    _, mel = _pair(frames=5)
+    z = torch.randn(model.latent_shape(2, 5 * 256), generator=torch.Generator().manual_seed(1)) * 0.6
+    with torch.no_grad():
+        expected = model.infer(mel, z=z)
+    with torch.inference_mode():
+        got = model.optimize_for_inference(compose=True).infer(mel, z=z)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_optimize_for_inference_in_half_keeps_the_invertible_convs_in_float32():
     model = tiny_model(perturbed=True, lu=True, actnorm=True).eval()
     _, mel = _pair(frames=5)

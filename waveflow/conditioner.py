@@ -13,7 +13,9 @@ from torch import nn
 def _param_key(*tensors: torch.Tensor) -> tuple:
     # _version moves on every in-place update (optimizer steps, load_state_dict, copy_);
     # data_ptr moves when .to() swaps the storage.
-    return tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
+    # (inference-mode tensors keep no version counter: they cannot be updated in place
+    # outside inference mode, so their storage identifies them)
+    return tuple((0 if t.is_inference() else t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
 
 
 class Conv1d(nn.Module):
