@@ -115,7 +115,7 @@ def test_fresh_model_learns_through_the_zero_end_convs():
         loss = flow_nll(*model(audio, mel)).nats
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < losses[0]
     assert model.flows[0].coupling.wn.in_layers[0].weight_v.grad.abs().max() > 0
 

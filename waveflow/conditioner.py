@@ -102,7 +102,10 @@ class Conv1d(nn.Module):
 
 def gated_activation(x: torch.Tensor, n_channels: int) -> torch.Tensor:
     """tanh of the first ``n_channels`` channels times sigmoid of the rest."""
-    return torch.tanh(x[:, :n_channels]) * torch.sigmoid(x[:, n_channels:])
+    # split, not slicing: the backward of a slice zero-fills a gradient of the full input
+    # for every slice taken; split's backward is one concatenation.
+    a, b = x.split([n_channels, x.shape[1] - n_channels], dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
 
 
 class WaveNet(nn.Module):
@@ -157,6 +160,7 @@ class WaveNet(nn.Module):
         fused = self._fused()
         c, c2 = self.n_channels, 2 * self.n_channels
         pad = self.in_layers[0].padding
+        conds = cond.split(c2, dim=1)  # one per layer (see gated_activation on split)
         h = F.conv1d(x, fused.start_w, fused.start_b)
         pre = F.conv1d(x, fused.first_w, fused.first_b, padding=pad)
         if pad:
@@ -167,11 +171,11 @@ class WaveNet(nn.Module):
         for i, in_layer in enumerate(self.in_layers):
             if i:
                 pre = F.conv1d(h, fused.in_w[i], fused.in_b[i], padding=in_layer.padding, dilation=in_layer.dilation)
-            acts = gated_activation(pre + cond[:, i * c2 : (i + 1) * c2], c)
+            acts = gated_activation(pre + conds[i], c)
             res_skip = F.conv1d(acts, fused.res_skip_w[i], fused.res_skip_b[i])
             if i < self.n_layers - 1:
-                h = h + res_skip[:, :c]
-                res_skip = res_skip[:, c:]
+                res, res_skip = res_skip.split([c, res_skip.shape[1] - c], dim=1)
+                h = h + res
             out = res_skip if out is None else out + res_skip
         return out
 
