@@ -115,6 +115,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Wa
     """A ``WaveGlow`` in eval mode on ``device`` and its ``Config``, from a checkpoint file."""
     data = read_checkpoint(path)
     cfg = checkpoint_config(data, path)
-    model = WaveGlow(cfg.model)
+    model = WaveGlow(cfg.model, cfg.mel)
     load_state(model, data["model"], path)
     return model.to(device).eval(), cfg

@@ -82,6 +82,9 @@ class ModelConfig:
     weight_norm: bool = True
     lu: bool = False
     actnorm: bool = False
+    # Linear prediction from the mel (waveflow.lpc): the flow models the LP residual and the
+    # envelope comes from DSP. 0 turns it off (NVIDIA's models); 24 is the measured choice.
+    lpc_order: int = 0
 
     def validate(self) -> None:
         for name in ("n_mels", "n_flows", "n_group", "n_layers", "n_channels", "hop_length"):
@@ -89,6 +92,10 @@ class ModelConfig:
         _check(self.n_early_every >= 0, "model.n_early_every must be >= 0 (0 disables early outputs)")
         _check(self.n_early_size >= 0, "model.n_early_size must be >= 0")
         _check(self.kernel_size % 2 == 1, "model.kernel_size must be odd (non-causal 'same' convolutions)")
+        _check(
+            0 <= self.lpc_order < self.hop_length,
+            f"model.lpc_order must be in 0..{self.hop_length - 1} (0 disables linear prediction)",
+        )
         _check(self.cond_rate in ("sample", "group"), "model.cond_rate must be 'sample' or 'group'")
         _check(
             self.cond_rate == "sample" or self.hop_length % self.n_group == 0,

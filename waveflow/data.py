@@ -199,15 +199,25 @@ def read_segment(clip: Clip, offset: int, length: int) -> np.ndarray:
 
 
 class SegmentBatches(torch.utils.data.Dataset):
-    """Item t is the batch of step t for one rank: audio ``(batch_size, segment_length)``.
+    """Item t is the batch of step t for one rank: audio ``(batch_size, context + segment_length)``.
 
-    Clips shorter than a segment are zero-padded (``short_clips`` counts them).
+    Clips shorter than a segment are zero-padded (``short_clips`` counts them). The first
+    ``context`` samples of each row are the clip's audio just before the segment (zeros before
+    the clip's start): linear prediction needs them, and they are not part of the segment.
     """
 
     def __init__(
-        self, clips: list[Clip], segment_length: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+        self,
+        clips: list[Clip],
+        segment_length: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        context: int = 0,
     ) -> None:
         self.clips, self.segment_length, self.batch_size = clips, segment_length, batch_size
+        self.context = context
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.short_clips = sum(c.samples < segment_length for c in clips)
         self._orders: dict[int, np.ndarray] = {}
@@ -231,7 +241,8 @@ class SegmentBatches(torch.utils.data.Dataset):
         return [int(self._order(p // n)[p % n]) for p in self.positions(step)]
 
     def __getitem__(self, step: int) -> torch.Tensor:
-        out = np.empty((self.batch_size, self.segment_length), dtype=np.float32)
+        ctx = self.context
+        out = np.zeros((self.batch_size, ctx + self.segment_length), dtype=np.float32)
         for i, (position, index) in enumerate(zip(self.positions(step), self.clip_indices(step))):
             clip = self.clips[index]
             # seeded by the position in the stream, not the rank: N processes with batch B
@@ -239,7 +250,8 @@ class SegmentBatches(torch.utils.data.Dataset):
             rng = np.random.default_rng([self.seed, position])
             slack = clip.samples - self.segment_length
             offset = int(rng.integers(0, slack + 1)) if slack > 0 else 0
-            out[i] = read_segment(clip, offset, self.segment_length)
+            before = min(ctx, offset)
+            out[i, ctx - before :] = read_segment(clip, offset - before, before + self.segment_length)
         return torch.from_numpy(out)
 
 

@@ -22,16 +22,39 @@ from torch import nn
 
 from waveflow.compose import ComposedConditioning, can_compose
 from waveflow.conditioner import Conv1d
-from waveflow.config import ModelConfig
+from waveflow.config import MelConfig, ModelConfig
 from waveflow.flows import FlowStep, squeeze, squeeze_cond, unsqueeze
+from waveflow.lpc import LinearPrediction
 
 
 class WaveGlow(nn.Module):
-    def __init__(self, cfg: ModelConfig | None = None) -> None:
+    """``mel``: the mel convention, needed by linear prediction (``cfg.lpc_order > 0``) only."""
+
+    def __init__(self, cfg: ModelConfig | None = None, mel: MelConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or ModelConfig()
         cfg.validate()
         self._composed: list[ComposedConditioning] | None = None
+        self.lpc: LinearPrediction | None = None
+        if cfg.lpc_order:
+            mel = mel or MelConfig(n_mels=cfg.n_mels, hop_length=cfg.hop_length)
+            if (mel.n_mels, mel.hop_length) != (cfg.n_mels, cfg.hop_length):
+                raise ValueError(
+                    f"mel convention ({mel.n_mels} mels, hop {mel.hop_length}) does not match the model "
+                    f"({cfg.n_mels} mels, hop {cfg.hop_length})"
+                )
+            self.lpc = LinearPrediction(
+                cfg.lpc_order,
+                n_mels=mel.n_mels,
+                sample_rate=mel.sample_rate,
+                n_fft=mel.n_fft,
+                win_length=mel.win_length,
+                hop_length=mel.hop_length,
+                f_min=mel.f_min,
+                f_max=mel.f_max,
+                # centred frames (default) start half a hop early; hifigan's frame f is centred on f * hop + hop / 2
+                frame_offset=mel.hop_length // 2 if mel.preset == "default" else 0,
+            )
         self.upsample = nn.ConvTranspose1d(cfg.n_mels, cfg.n_mels, cfg.upsample_kernel, stride=cfg.upsample_stride)
         cond_channels = cfg.cond_channels
         self.flows = nn.ModuleList(
@@ -122,17 +145,24 @@ class WaveGlow(nn.Module):
         return squeeze_cond(up, self.cfg.n_group) if self.cfg.cond_rate == "sample" else up
 
     # ------------------------------------------------------------------- flow
-    def forward(self, audio: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, audio: torch.Tensor, mel: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """audio ``(B, T)``, mel ``(B, n_mels, F)`` -> z ``(B, n_group, T // n_group)``,
         log|det dz/daudio| ``(B,)`` in float32.
 
         z's channels are the early outputs in the order they left the flow, then the
-        channels that went through every flow (the layout ``inverse`` expects).
+        channels that went through every flow (the layout ``inverse`` expects). With linear
+        prediction, ``context`` ``(B, lpc_order)`` holds the audio just before ``audio``
+        (zeros when None, as at the start of a clip); without it, ``context`` is ignored.
         """
         length = self._check_audio(audio, mel)
         cond = self.upsample_mel(mel, length)
-        x = squeeze(audio[:, :length], self.cfg.n_group)
-        logdet = x.new_zeros(x.shape[0], dtype=torch.float32)
+        audio = audio[:, :length]
+        logdet = audio.new_zeros(audio.shape[0], dtype=torch.float32)
+        if self.lpc is not None:
+            audio, logdet = self.lpc(audio, mel, context)
+        x = squeeze(audio, self.cfg.n_group)
         early: list[torch.Tensor] = []
         for k, flow in enumerate(self.flows):
             if self.cfg.early_output_at(k):
@@ -144,6 +174,12 @@ class WaveGlow(nn.Module):
 
     def inverse(self, z: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         """z ``(B, n_group, T')`` and mel ``(B, n_mels, F)`` -> audio ``(B, T' * n_group)``."""
+        x = self.excitation(z, mel)
+        return x if self.lpc is None else self.lpc.inverse(x, mel)
+
+    def excitation(self, z: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        """The flow's inverse alone: z -> ``(B, T' * n_group)``, the LP residual when the model
+        has linear prediction (``lpc.synthesize`` turns it into audio), else the audio."""
         self._check_mel(mel)
         cfg = self.cfg
         if z.dim() != 3 or z.shape[0] != mel.shape[0] or z.shape[1] != cfg.n_group:
@@ -244,7 +280,7 @@ class WaveGlow(nn.Module):
             if isinstance(module, Conv1d):
                 module.remove_weight_norm()
         if dtype is not None:
-            self.to(dtype)
+            self.to(dtype)  # linear prediction keeps its float64 constants off the buffers
             for flow in self.flows:
                 flow.invconv.float()
                 if flow.actnorm is not None:

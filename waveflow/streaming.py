@@ -5,8 +5,9 @@ Audio for frames ``[a, b)`` is synthesized from the window of frames
 ``waveflow.vocoder``), and only the samples of ``[a, b)`` are kept. Since z is the same as
 offline, a streamed utterance differs from the offline one only where the flow's receptive
 field reaches past the window; with context covering the receptive field the two are equal
-up to float rounding. The end of the utterance (``flush``) gets the same silent tail as
-offline synthesis.
+up to float rounding. A model with linear prediction runs its synthesis filter once over the
+emitted audio, carrying the filter's state from chunk to chunk, as offline synthesis does.
+The end of the utterance (``flush``) gets the same silent tail as offline synthesis.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class StreamingVocoder:
         self._offset = 0  # absolute index of self._mel's first frame
         self._emitted = 0  # frames whose audio has been returned
         self._done = False
+        self._lp_state: torch.Tensor | None = None  # linear prediction: the last output samples
 
     @property
     def latency_ms(self) -> float:
@@ -106,10 +108,17 @@ class StreamingVocoder:
         window = self._mel[:, start - self._offset : available - self._offset]
         hop = self.vocoder.hop_length
         t0 = time.perf_counter()
+        lo, hi = (self._emitted - start) * hop, (end - start) * hop
         with torch.inference_mode():
-            audio = self.vocoder.synthesize_window(window[None].to(self.vocoder.device), start, self.seed, self.sigma)[
-                0, (self._emitted - start) * hop : (end - start) * hop
-            ].cpu()
+            mel = window[None].to(self.vocoder.device)
+            lpc = self.vocoder.model.lpc
+            if lpc is None:
+                audio = self.vocoder.synthesize_window(mel, start, self.seed, self.sigma)[0, lo:hi].cpu()
+            else:  # the synthesis filter runs once over the utterance, its state carried from chunk to chunk
+                residual = self.vocoder.excitation_window(mel, start, self.seed, self.sigma)[:, lo:hi]
+                a, g = lpc.coefficients(mel)
+                audio, self._lp_state = lpc.synthesize(residual, a, g, start=lo, state=self._lp_state)
+                audio = audio[0].float().cpu()
         self.compute_s += time.perf_counter() - t0
         self.audio_samples += audio.numel()
         self._emitted = end

@@ -184,7 +184,7 @@ class Trainer:
         self.dev_clips = load_prepared(self.data, "dev")
         if cfg.train.eval_max_clips:
             self.dev_clips = self.dev_clips[: cfg.train.eval_max_clips]
-        self.model = WaveGlow(cfg.model).to(self.device)
+        self.model = WaveGlow(cfg.model, cfg.mel).to(self.device)
         self.mel_fn = MelSpectrogram(cfg.mel).to(self.device)
         self.opt = make_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
@@ -243,6 +243,8 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = learning_rate(self.cfg, self.step)
         audio = audio.to(self.device, non_blocking=True)
+        p = self.cfg.model.lpc_order  # the batch starts with the audio before each segment
+        context, audio = (audio[:, :p], audio[:, p:]) if p else (None, audio)
         with torch.no_grad():
             mel = self.mel_fn(audio)
         amp = (
@@ -251,7 +253,7 @@ class Trainer:
             else nullcontext()
         )
         with amp:
-            z, logdet = model(audio, mel)
+            z, logdet = model(audio, mel, context)
         nll = flow_nll(z.float(), logdet.float(), self.cfg.train.sigma)
         self.opt.zero_grad(set_to_none=True)
         if not self.ctx.all_true(bool(torch.isfinite(nll.nats))):
@@ -321,7 +323,13 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         dataset = SegmentBatches(
-            self.train_clips, cfg.train.segment_length, cfg.train.batch_size, cfg.train.seed, ctx.rank, ctx.world_size
+            self.train_clips,
+            cfg.train.segment_length,
+            cfg.train.batch_size,
+            cfg.train.seed,
+            ctx.rank,
+            ctx.world_size,
+            context=cfg.model.lpc_order,
         )
         if ctx.main:
             from torch.utils.tensorboard import SummaryWriter

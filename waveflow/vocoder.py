@@ -206,7 +206,19 @@ class Vocoder:
 
     def synthesize_window(self, mel: torch.Tensor, start_frame: int, seed: int, sigma: float) -> torch.Tensor:
         """Audio ``(B, F * hop)`` of mel frames ``start_frame .. start_frame + F`` of a longer
-        utterance (mel ``(B, n_mels, F)`` already on the device), with z of those absolute positions."""
+        utterance (mel ``(B, n_mels, F)`` already on the device), with z of those absolute positions.
+
+        With linear prediction the synthesis filter starts from silence at the window's start;
+        ``StreamingVocoder`` carries the filter's state instead (``excitation_window``).
+        """
+        out = self.excitation_window(mel, start_frame, seed, sigma)
+        if self.model.lpc is not None:
+            out = self.model.lpc.inverse(out, mel)
+        return out.float()
+
+    def excitation_window(self, mel: torch.Tensor, start_frame: int, seed: int, sigma: float) -> torch.Tensor:
+        """The flow's output ``(B, F * hop)`` for a window as in ``synthesize_window``: the audio,
+        or for a model with linear prediction the residual before the synthesis filter."""
         hop, n_group = self.hop_length, self.model.cfg.n_group
         length = mel.shape[2] * hop
         first, last = start_frame * hop // n_group, -(-(start_frame * hop + length) // n_group)
@@ -214,8 +226,7 @@ class Vocoder:
             raise ValueError(f"hop {hop} is not a multiple of n_group {n_group}")
         z = self.latent(seed, first, last - first, sigma)
         z = z.unsqueeze(0).expand(mel.shape[0], -1, -1)
-        audio = self.model.infer(mel.to(self._dtype), z=z, length=(last - first) * n_group)
-        return audio[:, :length].float()
+        return self.model.excitation(z, mel.to(self._dtype))[:, :length]
 
     def __call__(
         self,

@@ -1,0 +1,285 @@
+"""Linear prediction from the mel: an exact, volume-preserving flow layer.
+
+The mel states the spectral envelope; a flow trained on raw audio spends most of its
+training relearning it. This layer hands the envelope to DSP (as LPCNet did for WaveRNN)
+and leaves the flow the excitation. Per mel frame f, from the log-mel alone:
+
+1. linear magnitude ``mag = clamp(pinv(M) @ exp(mel), 1e-6)`` (M the mel filterbank), with
+   the bins above f_max, about which the mel says nothing, set to the mean of the 8 bins
+   below it;
+2. autocorrelation ``r = irfft(mag ** 2)[: p + 1]`` with a white-noise correction
+   ``r[0] *= 1 + noise_floor`` that keeps the system well posed;
+3. Levinson-Durbin in float64: ``a`` (a_0 = 1, minimum phase) and the prediction error E;
+4. gain ``g = max(sqrt(E / sum(window ** 2)), gain_floor)``: the residual's rms.
+
+Sample n belongs to frame ``(n + frame_offset) // hop`` (the frame whose centre is nearest).
+
+forward (analysis, training): ``e[n] = sum_k a_k(f(n)) x[n - k] / g(f(n))``, with the p
+samples before x given as ``context`` (zeros at the start of a clip). The map x -> e is lower
+triangular with diagonal ``1 / g``, so ``log|det de/dx| = -sum_n log g(f(n))`` exactly.
+
+inverse (synthesis): ``x = (g e) filtered by 1 / A(z)``, an all-pole filter whose
+coefficients change at frame boundaries, its p-sample state carried from frame to frame and
+(``state``) from call to call. No per-sample Python loop: within a frame the filter is a
+small lower-triangular Toeplitz matrix applied to sub-blocks of ``S >= p`` samples, and the
+state that links frames is a linear recurrence ``s_b = M_b s_{b-1} + c_b`` solved by a
+parallel (Hillis-Steele) scan in ``ceil(log2(frames))`` batched matrix products.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from waveflow.audio import mel_filterbank
+
+LOG_MEL_RANGE = (math.log(1e-5), 6.0)  # the convention's floor; a full-scale square wave reaches 2.5
+FILL_BINS = 8  # bins below f_max whose mean fills the bins above it
+
+
+class LinearPrediction(nn.Module):
+    """Exact LP flow layer ``x (B, T) <-> e (B, T)`` conditioned on the log-mel ``(B, n_mels, F)``.
+
+    It has no parameters. Its constants are float64 tensors kept off the module's buffers, so
+    that ``.half()`` on an enclosing model never degrades them.
+    """
+
+    def __init__(
+        self,
+        order: int,
+        n_mels: int = 80,
+        sample_rate: int = 22050,
+        n_fft: int = 1024,
+        win_length: int = 1024,
+        hop_length: int = 256,
+        f_min: float = 0.0,
+        f_max: float = 8000.0,
+        frame_offset: int | None = None,
+        noise_floor: float = 1e-3,
+        gain_floor: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        if not 0 < order < hop_length:
+            raise ValueError(f"LP order must be in 1..{hop_length - 1} (below hop_length), got {order}")
+        self.order, self.hop = order, hop_length
+        self.frame_offset = hop_length // 2 if frame_offset is None else frame_offset
+        self.noise_floor, self.gain_floor = noise_floor, gain_floor
+        # Sub-blocks of S samples (S >= order, S divides hop) share one Toeplitz matrix per frame.
+        self.sub = hop_length
+        while self.sub % 2 == 0 and self.sub // 2 >= order:
+            self.sub //= 2
+        # When tracing for export, the scan needs a fixed depth: 2**16 frames (12 min at hop 256).
+        self.scan_levels: int | None = None
+
+        basis = mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max)
+        n_bins = n_fft // 2 + 1
+        top = min(n_bins - 1, math.floor(f_max * n_fft / sample_rate))  # last bin at or below f_max
+        window = torch.hann_window(win_length, periodic=True, dtype=torch.float64)
+        # r[k] = irfft(power)[k] as a (bins, p + 1) cosine matrix: exportable, and cheaper than an FFT for p << n_fft.
+        k = np.arange(order + 1)[None, :]
+        j = np.arange(n_bins)[:, None]
+        weight = np.where((j == 0) | (j == n_fft // 2), 1.0, 2.0) / n_fft
+        self._consts = {
+            "pinv": torch.from_numpy(np.linalg.pinv(basis)),  # (bins, n_mels)
+            "cos": torch.from_numpy(weight * np.cos(2 * np.pi * j * k / n_fft)),  # (bins, p + 1)
+        }
+        self._top = top
+        self._window_power = float(window.square().sum())
+        self._on_device: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+    def _const(self, name: str, device: torch.device) -> torch.Tensor:
+        if device not in self._on_device:
+            self._on_device[device] = {k: v.to(device) for k, v in self._consts.items()}
+        return self._on_device[device][name]
+
+    # ------------------------------------------------------------ coefficients
+    def coefficients(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log-mel ``(B, n_mels, F)`` -> predictor ``a (B, F, p + 1)`` (a_0 = 1), gain ``g (B, F)``; float64."""
+        with torch.autocast(device_type=mel.device.type, enabled=False):
+            lin = torch.exp(mel.double().clamp(*LOG_MEL_RANGE))
+            mag = torch.matmul(self._const("pinv", mel.device), lin).clamp(min=1e-6)  # (B, bins, F)
+            top = self._top
+            if top + 1 < mag.shape[1]:
+                fill = mag[:, top + 1 - FILL_BINS : top + 1].mean(dim=1, keepdim=True)
+                mag = torch.cat([mag[:, : top + 1], fill.expand(-1, mag.shape[1] - top - 1, -1)], dim=1)
+            r = torch.matmul(mag.square().transpose(1, 2), self._const("cos", mel.device))  # (B, F, p + 1)
+            r = torch.cat([r[..., :1] * (1.0 + self.noise_floor), r[..., 1:]], dim=-1)
+            a, err = levinson(r, self.order)
+            g = torch.sqrt(err.clamp(min=0.0) / self._window_power).clamp(min=self.gain_floor)
+        return a, g
+
+    def frame_index(self, start: int, length: int, frames: int, device: torch.device) -> torch.Tensor:
+        """Frame of each sample ``start .. start + length - 1`` ``(length,)``, clamped to the mel's frames."""
+        n = torch.arange(length, device=device) + start
+        return torch.div(n + self.frame_offset, self.hop, rounding_mode="floor").clamp(0, frames - 1)
+
+    # ------------------------------------------------------------ flow contract
+    def forward(
+        self, x: torch.Tensor, mel: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Audio ``(B, T)`` -> residual ``(B, T)`` and ``log|det de/dx|`` ``(B,)`` (float32).
+
+        ``context``: the ``(B, p)`` samples before ``x`` (zeros when None: a clip's start).
+        """
+        p = self.order
+        a, g = self.coefficients(mel)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            idx = self.frame_index(0, x.shape[1], a.shape[1], x.device)
+            if context is None:
+                context = x.new_zeros(x.shape[0], p)
+            elif context.shape != (x.shape[0], p):
+                raise ValueError(f"LP context has shape {tuple(context.shape)}; expected ({x.shape[0]}, {p})")
+            windows = torch.cat([context, x], dim=1).double().unfold(1, p + 1, 1)  # (B, T, p + 1): x[n-p .. n]
+            e = (windows * a.flip(-1)[:, idx]).sum(-1) / g[:, idx]
+            logdet = -torch.log(g)[:, idx].sum(-1)
+        return e.to(x.dtype), logdet.float()
+
+    def inverse(
+        self, e: torch.Tensor, mel: torch.Tensor, start: int = 0, state: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Residual ``(B, T)`` -> audio ``(B, T)``; ``start``/``state`` as in ``synthesize``."""
+        a, g = self.coefficients(mel)
+        return self.synthesize(e, a, g, start, state)[0]
+
+    def synthesize(
+        self,
+        e: torch.Tensor,
+        a: torch.Tensor,
+        g: torch.Tensor,
+        start: int = 0,
+        state: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the synthesis filter over ``e (B, T)``: returns audio ``(B, T)`` and the new state ``(B, p)``.
+
+        ``e[:, 0]`` is sample ``start`` of the mel's time line (frame f is centred at f * hop);
+        ``state`` holds the ``p`` output samples before it, oldest first (zeros when None).
+        """
+        p, hop, sub = self.order, self.hop, self.sub
+        batch, length = e.shape
+        # float32 keeps the error of a 10 s clip near 2e-6 (of a 0.8 peak); float64 input stays float64.
+        dtype = torch.promote_types(e.dtype, torch.float32)
+        with torch.autocast(device_type=e.device.type, enabled=False):
+            a = a.to(dtype)
+            idx = self.frame_index(start, length, a.shape[1], e.device)
+            u = e.to(dtype) * g[:, idx].to(dtype)
+            if state is not None:
+                if state.shape != (batch, p):
+                    raise ValueError(f"LP state has shape {tuple(state.shape)}; expected ({batch}, {p})")
+                state = state.to(dtype)
+                u = _fold_state(u, a[:, idx[:p]], state)
+            # Align blocks to frame boundaries: pad in front to the start of the first sample's frame.
+            # Zero input from a zero state leaves the state zero, so the padding changes nothing.
+            lead = (start + self.frame_offset) % hop
+            tail = (-(lead + length)) % hop
+            u = F.pad(u, (lead, tail)).view(batch, -1, hop)  # (B, NB, hop)
+            first = (start + self.frame_offset) // hop
+            bidx = (torch.arange(u.shape[1], device=e.device) + first).clamp(0, a.shape[1] - 1)
+            x = _blocked_all_pole(u, a[:, bidx], sub, self.scan_levels)
+            x = x.reshape(batch, -1)[:, lead : lead + length]
+            prev = state if state is not None else x.new_zeros(batch, p)
+            new_state = torch.cat([prev, x], dim=1)[:, -p:]
+        return x.to(e.dtype), new_state
+
+
+# ---------------------------------------------------------------------- DSP
+def levinson(r: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Levinson-Durbin over the last axis: autocorrelation ``(..., p + 1)`` -> ``a (..., p + 1)``, error ``(...)``.
+
+    Batched over every leading axis; minimum phase for a positive-definite ``r``.
+    """
+    a = torch.zeros_like(r)
+    a = torch.cat([torch.ones_like(r[..., :1]), a[..., 1:]], dim=-1)
+    err = r[..., 0]
+    for i in range(1, order + 1):
+        acc = (a[..., :i] * r[..., 1 : i + 1].flip(-1)).sum(-1)
+        k = (-acc / err.clamp(min=1e-300)).clamp(-1 + 1e-12, 1 - 1e-12)
+        updated = a[..., 1 : i + 1] + k[..., None] * a[..., :i].flip(-1)
+        a = torch.cat([a[..., :1], updated, a[..., i + 1 :]], dim=-1)
+        err = err * (1 - k * k)
+    return a, err
+
+
+def _state_matrix(a: torch.Tensor) -> torch.Tensor:
+    """``(..., p + 1)`` -> ``(..., p, p)``: U with ``(U s)[j] = -sum_{k > j} a_k x[j - k]`` for a state
+    ``s = x[-p .. -1]``, the part of the filter's sum at sample j that reaches before the block."""
+    p = a.shape[-1] - 1
+    j = torch.arange(p, device=a.device)[:, None]
+    m = torch.arange(p, device=a.device)[None, :]
+    lag = (p + j - m).clamp(max=p)  # k = p + j - m, valid for m >= j
+    return torch.where(m >= j, -a[..., lag], a.new_zeros(()))
+
+
+def _fold_state(u: torch.Tensor, a_first: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """Move an initial state into the first samples' input, so the filter can start from zeros.
+
+    ``a_first`` ``(B, n, p + 1)``: the coefficients of the first ``n = min(p, T)`` samples.
+    """
+    n = a_first.shape[1]
+    rows = _state_matrix(a_first)  # (B, n, p, p): row j of sample j's matrix is what sample j needs
+    corr = torch.matmul(rows[:, torch.arange(n), torch.arange(n)], state.unsqueeze(-1)).squeeze(-1)
+    return torch.cat([u[:, :n] + corr, u[:, n:]], dim=1)
+
+
+def _impulse_response(a: torch.Tensor, length: int) -> torch.Tensor:
+    """First ``length`` samples of 1/A(z)'s impulse response: ``(..., p + 1)`` -> ``(..., length)``."""
+    rev = a[..., 1:].flip(-1)  # a_p .. a_1
+    window = torch.cat([torch.zeros_like(rev[..., :-1]), torch.ones_like(rev[..., :1])], dim=-1)  # h[-p+1 .. 0]
+    out = [window[..., -1:]]
+    for _ in range(1, length):
+        nxt = -(rev * window).sum(-1, keepdim=True)
+        window = torch.cat([window[..., 1:], nxt], dim=-1)
+        out.append(nxt)
+    return torch.cat(out, dim=-1)
+
+
+def _blocked_all_pole(u: torch.Tensor, a: torch.Tensor, sub: int, scan_levels: int | None) -> torch.Tensor:
+    """All-pole filter ``x[n] = u[n] - sum_k a_k x[n - k]`` from a zero state, one coefficient set
+    per block: ``u (B, NB, L)``, ``a (B, NB, p + 1)`` -> ``x (B, NB, L)``."""
+    batch, nb, hop = u.shape
+    p = a.shape[-1] - 1
+    k = hop // sub
+    h = _impulse_response(a, sub)  # (B, NB, S)
+    lag = torch.arange(sub, device=u.device)[:, None] - torch.arange(sub, device=u.device)[None, :]
+    toeplitz = torch.where(lag >= 0, h[..., lag.clamp(min=0)], h.new_zeros(()))  # (B, NB, S, S)
+    zir = torch.matmul(toeplitz[..., :p], _state_matrix(a))  # (B, NB, S, p): response to the incoming state
+    step = zir[..., sub - p :, :]  # (B, NB, p, p): state after one sub-block, from the state before it
+    forced = torch.matmul(toeplitz, u.view(batch, nb, k, sub).transpose(-1, -2))  # (B, NB, S, k)
+    # State at each frame's end from a zero state at its start, and the frame's transition matrix.
+    c = u.new_zeros(batch, nb, p)
+    for j in range(k):
+        c = torch.matmul(step, c.unsqueeze(-1)).squeeze(-1) + forced[..., sub - p :, j]
+    trans = step
+    for _ in range(int(math.log2(k))):
+        trans = torch.matmul(trans, trans)
+    ends = _affine_scan(trans, c, scan_levels)  # state at the end of every frame
+    s = torch.cat([u.new_zeros(batch, 1, p), ends[:, :-1]], dim=1)  # state entering every frame
+    outs = []
+    for j in range(k):
+        xj = forced[..., j] + torch.matmul(zir, s.unsqueeze(-1)).squeeze(-1)
+        outs.append(xj)
+        s = xj[..., sub - p :]
+    return torch.stack(outs, dim=2).reshape(batch, nb, hop)
+
+
+def _affine_scan(m: torch.Tensor, c: torch.Tensor, levels: int | None = None) -> torch.Tensor:
+    """``s_b = m_b s_{b-1} + c_b`` for every b, with ``s_{-1} = 0``: ``m (B, N, p, p)``, ``c (B, N, p)`` -> ``s``.
+
+    Hillis-Steele scan: ``levels`` rounds of batched products (``ceil(log2 N)`` when None;
+    more rounds change nothing).
+    """
+    n = m.shape[1]
+    m = torch.cat([torch.zeros_like(m[:, :1]), m[:, 1:]], dim=1)  # s_{-1} = 0: the first map is constant
+    if levels is None:
+        levels = max(0, math.ceil(math.log2(n))) if n > 1 else 0
+    offset = 1
+    for _ in range(levels):
+        c_prev = F.pad(c, (0, 0, offset, 0))[:, :n]
+        m_prev = F.pad(m, (0, 0, 0, 0, offset, 0))[:, :n]
+        c = torch.matmul(m, c_prev.unsqueeze(-1)).squeeze(-1) + c
+        m = torch.matmul(m, m_prev)
+        offset *= 2
+    return c
