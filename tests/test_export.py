@@ -34,7 +34,7 @@ def _eager(model, mel, z):
         return model.infer(mel, z=z)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"lu": True, "actnorm": True}])
+@pytest.mark.parametrize("overrides", [{}, {"lu": True, "actnorm": True}, {"lpc_order": 24}])
 def test_torchscript_matches_eager(tmp_path, overrides):
     model = tiny_model(seed=1, **overrides).eval()
     path = tmp_path / "vocoder.ts"
@@ -48,9 +48,10 @@ def test_torchscript_matches_eager(tmp_path, overrides):
         torch.testing.assert_close(audio, _eager(model, mel, z), rtol=0, atol=1e-4)
 
 
-def test_onnx_matches_eager(tmp_path):
+@pytest.mark.parametrize("overrides", [{}, {"lpc_order": 24}])
+def test_onnx_matches_eager(tmp_path, overrides):
     ort = _onnxruntime()
-    model = tiny_model(seed=2).eval()
+    model = tiny_model(seed=2, **overrides).eval()
     path = tmp_path / "vocoder.onnx"
     export_onnx(model, path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -61,7 +62,7 @@ def test_onnx_matches_eager(tmp_path):
         expected = _eager(model, mel, z).numpy()
         assert audio.shape == expected.shape == (batch, frames * model.cfg.hop_length)
         np.testing.assert_allclose(audio, expected, rtol=0, atol=1e-4)
-        assert np.abs(expected).max() > 0.1  # a non-trivial signal was compared
+        assert np.abs(expected).max() > 0.01  # a non-trivial signal was compared (LP output is quieter)
 
 
 def _cli(*args):

@@ -5,6 +5,8 @@ z ``(B, n_group, F * hop / n_group)`` -> audio ``(B, F * hop)``, with batch and 
 count dynamic. z is an input so that the caller owns the noise (sigma, seed); draw it as
 ``sigma * N(0, 1)``. Weight norm is folded and the 1x1-conv inverses are baked in as
 constants first (exporters cannot differentiate through, or export, a matrix inverse).
+A model with linear prediction exports its synthesis filter too, for inputs of up to 2**16
+frames.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from waveflow.model import WaveGlow
 
 FORMATS = ("torchscript", "onnx")
 ONNX_OPSET = 17
+EXPORT_SCAN_LEVELS = 16
 
 
 class _FixedInverse1x1(nn.Module):
@@ -48,6 +51,10 @@ class InferenceGraph(nn.Module):
             model.optimize_for_inference()
         for flow in model.flows:
             flow.invconv = _FixedInverse1x1(flow.invconv)
+        if model.lpc is not None:
+            # A traced graph cannot choose its scan depth from the length: fix one that covers
+            # 2**16 frames (12 minutes at hop 256); extra rounds leave the result unchanged.
+            model.lpc.scan_levels = EXPORT_SCAN_LEVELS
         model.requires_grad_(False)
         self.model = model
 
