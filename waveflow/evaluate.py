@@ -120,10 +120,27 @@ def nll(voc, audio: np.ndarray, mel: np.ndarray) -> tuple[float, float]:
     return float(result.nats), float(result.bits)
 
 
-def find_clips(data: Path) -> list[Path]:
-    """The wavs of an LJSpeech-style folder (``wavs/*.wav``) or of a plain folder, sorted."""
+def silence_rms(voc, sigma: float = 0.6, seed: int = 0, seconds: float = 2.0) -> float:
+    """RMS of the audio for an all-silence mel (every band at the log floor): the model's hiss."""
+    frames = max(1, round(seconds * voc.sample_rate / voc.hop_length))
+    mel = np.full((voc.n_mels, frames), voc.silence, dtype=np.float32)
+    audio = voc(mel, sigma=sigma, seed=seed)[0]
+    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+
+
+def find_clips(data: Path, split: str = "dev,test") -> list[Path]:
+    """The wavs of an LJSpeech-style folder (``wavs/*.wav``) or of a plain folder, sorted; for a
+    folder written by ``waveflow prepare``, the clips of the named splits (held out by default)."""
     if not data.is_dir():
         raise ValueError(f"{data}: no such data folder")
+    if (data / "prepared.json").is_file():
+        from waveflow.data import load_prepared
+
+        names = [s.strip() for s in split.split(",") if s.strip()]
+        unknown = sorted(set(names) - {"train", "dev", "test"})
+        if unknown or not names:
+            raise ValueError(f"--split {split!r}: expected a comma-separated list of train, dev, test")
+        return [Path(c.path) for name in names for c in load_prepared(data, name)]
     folder = data / "wavs" if (data / "wavs").is_dir() else data
     clips = sorted(folder.glob("*.wav"))
     if not clips:
@@ -158,6 +175,7 @@ def evaluate(voc, clips: list[Path], sigma: float = 0.6, seed: int = 0, griffin:
         summary[system] = {k: float(np.nanmean([r[system][k] for r in rows])) for k in keys}
     audio_s = sum(r["seconds"] for r in rows)
     summary["waveflow"]["real_time_factor"] = sum(r["synthesis_s"] for r in rows) / audio_s
+    summary["waveflow"]["silence_rms"] = silence_rms(voc, sigma, seed)
     return {"clips": rows, "summary": summary, "n_clips": len(rows), "audio_seconds": audio_s}
 
 
@@ -177,7 +195,16 @@ def format_table(result: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="waveflow checkpoint (default: the bundled model)")
-    parser.add_argument("--data", required=True, help="an LJSpeech-style folder (wavs/) or a folder of wavs")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="an LJSpeech-style folder (wavs/), a folder of wavs, or a folder written by `waveflow prepare`",
+    )
+    parser.add_argument(
+        "--split",
+        default="dev,test",
+        help="with a prepared folder: the splits to score (default: dev,test, the held-out clips)",
+    )
     parser.add_argument("--limit", type=int, default=0, help="score only the first N clips (0: all)")
     parser.add_argument("--sigma", type=float, default=0.6)
     parser.add_argument("--seed", type=int, default=0)
@@ -192,7 +219,7 @@ def run(args: argparse.Namespace) -> None:
     if args.limit < 0:
         raise ValueError(f"--limit must be >= 0, got {args.limit}")
     _need("pesq"), _need("pystoi")
-    clips = find_clips(Path(args.data))
+    clips = find_clips(Path(args.data), args.split)
     if args.limit:
         clips = clips[: args.limit]
     if args.json and not Path(args.json).resolve().parent.is_dir():
@@ -202,7 +229,11 @@ def run(args: argparse.Namespace) -> None:
     result["checkpoint"] = str(args.checkpoint or "bundled")
     result["sigma"] = args.sigma
     print(format_table(result))
-    print(f"waveflow real-time factor: {result['summary']['waveflow']['real_time_factor']:.2f} on {args.device}")
+    summary = result["summary"]["waveflow"]
+    print(
+        f"waveflow real-time factor: {summary['real_time_factor']:.3f} on {args.device}; "
+        f"output rms for an all-silence mel: {summary['silence_rms']:.2e}"
+    )
     if args.json:
         path = Path(args.json)
         with atomic_open(path, "w") as handle:

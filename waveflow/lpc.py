@@ -100,6 +100,8 @@ class LinearPrediction(nn.Module):
     def coefficients(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """log-mel ``(B, n_mels, F)`` -> predictor ``a (B, F, p + 1)`` (a_0 = 1), gain ``g (B, F)``; float64."""
         with torch.autocast(device_type=mel.device.type, enabled=False):
+            # float64 throughout: in float32 the matmuls' rounding depends on how many frames are in
+            # the batch, and streaming must compute a window's coefficients exactly as offline does.
             lin = torch.exp(mel.double().clamp(*LOG_MEL_RANGE))
             mag = torch.matmul(self._const("pinv", mel.device), lin).clamp(min=1e-6)  # (B, bins, F)
             top = self._top
@@ -163,21 +165,21 @@ class LinearPrediction(nn.Module):
         # float32 keeps the error of a 10 s clip near 2e-6 (of a 0.8 peak); float64 input stays float64.
         dtype = torch.promote_types(e.dtype, torch.float32)
         with torch.autocast(device_type=e.device.type, enabled=False):
-            a = a.to(dtype)
-            idx = self.frame_index(start, length, a.shape[1], e.device)
-            u = e.to(dtype) * g[:, idx].to(dtype)
-            if state is not None:
-                if state.shape != (batch, p):
-                    raise ValueError(f"LP state has shape {tuple(state.shape)}; expected ({batch}, {p})")
-                state = state.to(dtype)
-                u = _fold_state(u, a[:, idx[:p]], state)
+            a, g = a.to(dtype), g.to(dtype)
             # Align blocks to frame boundaries: pad in front to the start of the first sample's frame.
             # Zero input from a zero state leaves the state zero, so the padding changes nothing.
             lead = (start + self.frame_offset) % hop
             tail = (-(lead + length)) % hop
-            u = F.pad(u, (lead, tail)).view(batch, -1, hop)  # (B, NB, hop)
             first = (start + self.frame_offset) // hop
+            u = F.pad(e.to(dtype), (lead, tail)).view(batch, -1, hop)  # (B, NB, hop)
             bidx = (torch.arange(u.shape[1], device=e.device) + first).clamp(0, a.shape[1] - 1)
+            u = u * g[:, bidx, None]
+            if state is not None:
+                if state.shape != (batch, p):
+                    raise ValueError(f"LP state has shape {tuple(state.shape)}; expected ({batch}, {p})")
+                state = state.to(dtype)
+                idx = self.frame_index(start, min(p, length), a.shape[1], e.device)
+                u = _fold_state(u.view(batch, -1), lead, a[:, idx], state).view(batch, -1, hop)
             x = _blocked_all_pole(u, a[:, bidx], sub, self.scan_levels)
             x = x.reshape(batch, -1)[:, lead : lead + length]
             prev = state if state is not None else x.new_zeros(batch, p)
@@ -213,15 +215,16 @@ def _state_matrix(a: torch.Tensor) -> torch.Tensor:
     return torch.where(m >= j, -a[..., lag], a.new_zeros(()))
 
 
-def _fold_state(u: torch.Tensor, a_first: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-    """Move an initial state into the first samples' input, so the filter can start from zeros.
+def _fold_state(u: torch.Tensor, at: int, a_first: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """Move an initial state into the input of the first samples (from index ``at`` of ``u (B, L)``),
+    so that the filter can start from zeros.
 
     ``a_first`` ``(B, n, p + 1)``: the coefficients of the first ``n = min(p, T)`` samples.
     """
     n = a_first.shape[1]
     rows = _state_matrix(a_first)  # (B, n, p, p): row j of sample j's matrix is what sample j needs
     corr = torch.matmul(rows[:, torch.arange(n), torch.arange(n)], state.unsqueeze(-1)).squeeze(-1)
-    return torch.cat([u[:, :n] + corr, u[:, n:]], dim=1)
+    return torch.cat([u[:, :at], u[:, at : at + n] + corr, u[:, at + n :]], dim=1)
 
 
 def _impulse_response(a: torch.Tensor, length: int) -> torch.Tensor:
@@ -243,8 +246,9 @@ def _blocked_all_pole(u: torch.Tensor, a: torch.Tensor, sub: int, scan_levels: i
     p = a.shape[-1] - 1
     k = hop // sub
     h = _impulse_response(a, sub)  # (B, NB, S)
-    lag = torch.arange(sub, device=u.device)[:, None] - torch.arange(sub, device=u.device)[None, :]
-    toeplitz = torch.where(lag >= 0, h[..., lag.clamp(min=0)], h.new_zeros(()))  # (B, NB, S, S)
+    # toeplitz[i, j] = h[i - j] (0 above the diagonal): rows are windows of [0 .. 0, h] reversed
+    padded = F.pad(h, (sub - 1, 0)).flip(-1)
+    toeplitz = padded.unfold(-1, sub, 1).flip(-2)  # (B, NB, S, S)
     zir = torch.matmul(toeplitz[..., :p], _state_matrix(a))  # (B, NB, S, p): response to the incoming state
     step = zir[..., sub - p :, :]  # (B, NB, p, p): state after one sub-block, from the state before it
     forced = torch.matmul(toeplitz, u.view(batch, nb, k, sub).transpose(-1, -2))  # (B, NB, S, k)
@@ -265,21 +269,34 @@ def _blocked_all_pole(u: torch.Tensor, a: torch.Tensor, sub: int, scan_levels: i
     return torch.stack(outs, dim=2).reshape(batch, nb, hop)
 
 
-def _affine_scan(m: torch.Tensor, c: torch.Tensor, levels: int | None = None) -> torch.Tensor:
+def _affine_scan(m: torch.Tensor, c: torch.Tensor, levels: int | None = None, chunk: int = 8) -> torch.Tensor:
     """``s_b = m_b s_{b-1} + c_b`` for every b, with ``s_{-1} = 0``: ``m (B, N, p, p)``, ``c (B, N, p)`` -> ``s``.
 
-    Hillis-Steele scan: ``levels`` rounds of batched products (``ceil(log2 N)`` when None;
-    more rounds change nothing).
+    Two levels: a sequential pass within chunks of ``chunk`` maps (all chunks at once), then a
+    Hillis-Steele scan over the chunks in ``levels`` rounds (``ceil(log2 chunks)`` when None;
+    more rounds change nothing). That is about two matrix products per map instead of log2 N.
     """
-    n = m.shape[1]
+    batch, n, p = c.shape
     m = torch.cat([torch.zeros_like(m[:, :1]), m[:, 1:]], dim=1)  # s_{-1} = 0: the first map is constant
+    pad = (-n) % chunk
+    m = F.pad(m, (0, 0, 0, 0, 0, pad)).view(batch, -1, chunk, p, p)
+    c = F.pad(c, (0, 0, 0, pad)).view(batch, -1, chunk, p)
+    local_m, local_c = [m[:, :, 0]], [c[:, :, 0]]  # maps from each chunk's entry state
+    for j in range(1, chunk):
+        local_c.append(torch.matmul(m[:, :, j], local_c[-1].unsqueeze(-1)).squeeze(-1) + c[:, :, j])
+        local_m.append(torch.matmul(m[:, :, j], local_m[-1]))
+    cm, cc = local_m[-1], local_c[-1]  # (B, chunks, p, p), (B, chunks, p): one map per chunk
+    chunks = cm.shape[1]
     if levels is None:
-        levels = max(0, math.ceil(math.log2(n))) if n > 1 else 0
+        levels = math.ceil(math.log2(chunks)) if chunks > 1 else 0
     offset = 1
     for _ in range(levels):
-        c_prev = F.pad(c, (0, 0, offset, 0))[:, :n]
-        m_prev = F.pad(m, (0, 0, 0, 0, offset, 0))[:, :n]
-        c = torch.matmul(m, c_prev.unsqueeze(-1)).squeeze(-1) + c
-        m = torch.matmul(m, m_prev)
+        c_prev = F.pad(cc, (0, 0, offset, 0))[:, :chunks]
+        m_prev = F.pad(cm, (0, 0, 0, 0, offset, 0))[:, :chunks]
+        cc = torch.matmul(cm, c_prev.unsqueeze(-1)).squeeze(-1) + cc
+        cm = torch.matmul(cm, m_prev)
         offset *= 2
-    return c
+    entry = torch.cat([torch.zeros_like(cc[:, :1]), cc[:, :-1]], dim=1)  # state entering each chunk
+    lm, lc = torch.stack(local_m, dim=2), torch.stack(local_c, dim=2)
+    out = torch.matmul(lm, entry[:, :, None, :, None]).squeeze(-1) + lc
+    return out.reshape(batch, -1, p)[:, :n]

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""What linear prediction costs at synthesis: the LP layer (coefficients from the mel and the
+synthesis filter) against the whole model's inference, batch 1, per preset and length.
+
+    python scripts/benchmark_lpc.py                      # realtime preset, 1 s and 10 s, 2 threads
+    python scripts/benchmark_lpc.py --presets realtime,small --seconds 1,10 --order 24
+
+Every figure is the median of ``--runs`` timed runs after one untimed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from waveflow.config import model_preset
+from waveflow.model import WaveGlow
+
+SAMPLE_RATE = 22050
+HOP = 256
+
+
+def median_ms(fn, runs: int) -> float:
+    fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", default="realtime")
+    p.add_argument("--seconds", default="1,10")
+    p.add_argument("--order", type=int, default=24)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=7)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, LP order {args.order}, batch 1")
+    print("| preset | seconds | model ms (no LP) | model ms (with LP) | LP ms | LP share | x real time (with LP) |")
+    print("|---|---|---|---|---|---|---|")
+    for preset in args.presets.split(","):
+        plain = WaveGlow(model_preset(preset)).optimize_for_inference()
+        torch.manual_seed(0)
+        lp_model = WaveGlow(model_preset(preset, lpc_order=args.order)).optimize_for_inference()
+        for seconds in (float(s) for s in args.seconds.split(",")):
+            frames = round(seconds * SAMPLE_RATE / HOP)
+            mel = torch.randn(1, 80, frames, generator=torch.Generator().manual_seed(0)) - 5
+            e = torch.randn(1, frames * HOP)
+            with torch.inference_mode():
+                t_plain = median_ms(lambda: plain.infer(mel), args.runs)
+                t_lp_model = median_ms(lambda: lp_model.infer(mel), args.runs)
+                t_lp = median_ms(lambda: lp_model.lpc.inverse(e, mel), args.runs)
+            audio_ms = 1000 * frames * HOP / SAMPLE_RATE
+            print(
+                f"| {preset} | {seconds:g} | {t_plain:.1f} | {t_lp_model:.1f} | {t_lp:.1f} | "
+                f"{100 * t_lp / t_lp_model:.1f}% | {audio_ms / t_lp_model:.1f} |"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
