@@ -23,12 +23,12 @@ SAMPLE_RATE = 22050
 HOP = 256
 
 
-def median_ms(fn, runs: int) -> float:
-    fn()
+def median_ms(fn, runs: int, *args) -> float:
+    fn(*args)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        fn()
+        fn(*args)
         times.append(time.perf_counter() - t0)
     return 1000 * statistics.median(times)
 
@@ -54,9 +54,9 @@ def main(argv=None) -> int:
             mel = torch.randn(1, 80, frames, generator=torch.Generator().manual_seed(0)) - 5
             e = torch.randn(1, frames * HOP)
             with torch.inference_mode():
-                t_plain = median_ms(lambda: plain.infer(mel), args.runs)
-                t_lp_model = median_ms(lambda: lp_model.infer(mel), args.runs)
-                t_lp = median_ms(lambda: lp_model.lpc.inverse(e, mel), args.runs)
+                t_plain = median_ms(plain.infer, args.runs, mel)
+                t_lp_model = median_ms(lp_model.infer, args.runs, mel)
+                t_lp = median_ms(lp_model.lpc.inverse, args.runs, e, mel)
             audio_ms = 1000 * frames * HOP / SAMPLE_RATE
             print(
                 f"| {preset} | {seconds:g} | {t_plain:.1f} | {t_lp_model:.1f} | {t_lp:.1f} | "
