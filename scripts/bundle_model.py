@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from waveflow.checkpoint import FORMAT, VERSION, atomic_save, checkpoint_config, read_checkpoint
+from waveflow.config import with_overrides
 
 
 def main() -> int:
@@ -20,9 +21,17 @@ def main() -> int:
     p.add_argument("checkpoint", help="a checkpoint written by `waveflow train`")
     p.add_argument("-o", "--out", required=True, help="where to write the bundled model")
     p.add_argument("--note", default="", help="free text stored with it (e.g. the training command)")
+    p.add_argument(
+        "--sigma",
+        type=float,
+        default=None,
+        help="inference sigma to ship (stored as train.eval_sigma; default: the run's own)",
+    )
     args = p.parse_args()
     data = read_checkpoint(args.checkpoint)
     cfg = checkpoint_config(data, args.checkpoint)
+    if args.sigma is not None:
+        cfg = with_overrides(cfg, "train", eval_sigma=args.sigma)
     weights = {k: v.half() if v.is_floating_point() else v for k, v in data["model"].items()}
     bundled = {
         "format": FORMAT,

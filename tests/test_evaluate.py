@@ -94,3 +94,25 @@ def test_evaluate_bad_data_folder_is_one_line(tmp_path, capsys):
     assert main(["evaluate", "--data", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nowhere" in err[0] and "no such data folder" in err[0]
+
+
+def test_prepared_folder_scores_its_held_out_splits(tmp_path, mini_corpus):
+    from waveflow.data import prepare
+    from waveflow.evaluate import find_clips
+
+    prepared = prepare(mini_corpus, tmp_path / "prep", progress=False)
+    held_out = find_clips(tmp_path / "prep")
+    assert [p.stem for p in held_out] == ["LJ001-0031", "LJ001-0032"]  # dev, then test
+    assert len(find_clips(tmp_path / "prep", "train")) == prepared["split"]["train"]
+    with pytest.raises(ValueError, match="--split"):
+        find_clips(tmp_path / "prep", "validation")
+
+
+def test_silence_rms_measures_the_output_of_an_all_silence_mel():
+    from waveflow.evaluate import silence_rms
+
+    voc = tiny_vocoder()
+    frames = round(2.0 * voc.sample_rate / voc.hop_length)
+    expected = voc(np.full((80, frames), voc.silence, dtype=np.float32), sigma=0.6, seed=0)[0]
+    assert silence_rms(voc, 0.6, 0) == pytest.approx(float(np.sqrt(np.mean(expected.astype(np.float64) ** 2))))
+    assert silence_rms(voc, 0.0, 0) < silence_rms(voc, 0.6, 0)  # the hiss scales with sigma

@@ -12,7 +12,7 @@ from conftest import perturb_, tiny_config
 
 from waveflow.audio import MelSpectrogram, load_wav
 from waveflow.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
-from waveflow.config import make_config
+from waveflow.config import make_config, with_overrides
 from waveflow.model import WaveGlow
 from waveflow.vocoder import (
     DEFAULT_CHECKPOINT,
@@ -247,3 +247,18 @@ def test_a_mel_frame_reaches_no_further_than_the_receptive_field(n_layers):
     moved = (voc(changed, seed=0)[0] - voc(mel, seed=0)[0]).abs() > 1e-6
     lo, hi = (20 - rf) * HOP, 20 * HOP + model.cfg.upsample_kernel + rf * HOP
     assert moved.any() and not moved[:lo].any() and not moved[hi:].any()
+
+
+def test_default_sigma_is_the_checkpoints_inference_sigma():
+    from waveflow.streaming import StreamingVocoder
+
+    model, cfg = tiny_setup()
+    cfg = with_overrides(cfg, "train", eval_sigma=0.9)
+    voc = Vocoder(model, cfg)
+    mel = random_mel(12, seed=4)
+    assert voc.sigma == 0.9
+    torch.testing.assert_close(voc(mel, seed=1), voc(mel, sigma=0.9, seed=1))
+    assert not torch.allclose(voc(mel, seed=1), voc(mel, sigma=0.6, seed=1))
+    assert StreamingVocoder(voc).sigma == 0.9
+    with pytest.raises(ValueError, match="sigma"):
+        StreamingVocoder(voc, sigma=-1.0)

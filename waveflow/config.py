@@ -168,6 +168,7 @@ class TrainConfig:
             _check(getattr(self, name) > 0, f"train.{name} must be positive")
         _check(self.lr > 0, "train.lr must be positive")
         _check(self.sigma > 0, "train.sigma must be positive")
+        _check(self.eval_sigma >= 0, "train.eval_sigma (the inference sigma) must be >= 0")
         _check(self.keep_last >= 1, "train.keep_last must be >= 1")
         _check(self.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
         _check(self.grad_clip >= 0, "train.grad_clip must be >= 0")

@@ -120,7 +120,7 @@ def nll(voc, audio: np.ndarray, mel: np.ndarray) -> tuple[float, float]:
     return float(result.nats), float(result.bits)
 
 
-def silence_rms(voc, sigma: float = 0.6, seed: int = 0, seconds: float = 2.0) -> float:
+def silence_rms(voc, sigma: float | None = None, seed: int = 0, seconds: float = 2.0) -> float:
     """RMS of the audio for an all-silence mel (every band at the log floor): the model's hiss."""
     frames = max(1, round(seconds * voc.sample_rate / voc.hop_length))
     mel = np.full((voc.n_mels, frames), voc.silence, dtype=np.float32)
@@ -148,7 +148,7 @@ def find_clips(data: Path, split: str = "dev,test") -> list[Path]:
     return clips
 
 
-def evaluate(voc, clips: list[Path], sigma: float = 0.6, seed: int = 0, griffin: bool = True) -> dict:
+def evaluate(voc, clips: list[Path], sigma: float | None = None, seed: int = 0, griffin: bool = True) -> dict:
     """Score copy synthesis of every clip; returns {"clips": [...], "summary": {system: means}}."""
     from tqdm import tqdm
 
@@ -206,7 +206,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with a prepared folder: the splits to score (default: dev,test, the held-out clips)",
     )
     parser.add_argument("--limit", type=int, default=0, help="score only the first N clips (0: all)")
-    parser.add_argument("--sigma", type=float, default=0.6)
+    parser.add_argument(
+        "--sigma", type=float, default=None, help="std of the latent noise (default: the checkpoint's inference sigma)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--json", default=None, help="also write the per-clip scores and means here")
@@ -227,7 +229,7 @@ def run(args: argparse.Namespace) -> None:
     voc = load_vocoder(args.checkpoint, args.device)
     result = evaluate(voc, clips, sigma=args.sigma, seed=args.seed, griffin=not args.no_griffin_lim)
     result["checkpoint"] = str(args.checkpoint or "bundled")
-    result["sigma"] = args.sigma
+    result["sigma"] = voc.sigma if args.sigma is None else args.sigma
     print(format_table(result))
     summary = result["summary"]["waveflow"]
     print(

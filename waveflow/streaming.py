@@ -41,13 +41,15 @@ class StreamingVocoder:
     def __init__(
         self,
         vocoder: Vocoder,
-        sigma: float = 0.6,
+        sigma: float | None = None,
         seed: int | None = None,
         lookahead: int | None = None,
         lookback: int | None = None,
     ) -> None:
         self.vocoder = vocoder
-        self.sigma = sigma
+        self.sigma = vocoder.sigma if sigma is None else sigma
+        if self.sigma < 0:
+            raise ValueError(f"sigma must be >= 0, got {self.sigma}")
         cfg = vocoder.model.cfg
         self.lookahead = default_lookahead(vocoder) if lookahead is None else int(lookahead)
         overlap = math.ceil(cfg.upsample_kernel / cfg.upsample_stride) - 1  # frames one upsampled step mixes

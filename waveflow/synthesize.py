@@ -110,7 +110,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="a mel (.npy or .pt, shape (n_mels, frames)) or a folder of them")
     parser.add_argument("-o", "--output", required=True, help="output .wav, or a folder for a folder of mels")
     parser.add_argument("--checkpoint", default=None, help="waveflow checkpoint (default: the bundled model)")
-    parser.add_argument("--sigma", type=float, default=0.6, help="std of the latent noise (default: 0.6)")
+    parser.add_argument(
+        "--sigma",
+        type=float,
+        default=None,
+        help="std of the latent noise (default: the checkpoint's inference sigma, 0.6 for WaveGlow)",
+    )
     parser.add_argument("--denoise", type=float, default=0.0, help="bias-removal strength, e.g. 0.01 (default: off)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--half", action="store_true", help="float16 conditioner (CUDA only)")

@@ -228,10 +228,16 @@ class Vocoder:
         z = z.unsqueeze(0).expand(mel.shape[0], -1, -1)
         return self.model.excitation(z, mel.to(self._dtype))[:, :length]
 
+    @property
+    def sigma(self) -> float:
+        """The checkpoint's inference sigma (``train.eval_sigma``: 0.6 for WaveGlow, as published;
+        a model over the LP residual is judged at its own), used when a call gives none."""
+        return self.config.train.eval_sigma
+
     def __call__(
         self,
         mel: MelLike | list[MelLike],
-        sigma: float = 0.6,
+        sigma: float | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
         denoise: float = 0.0,
@@ -243,7 +249,9 @@ class Vocoder:
         any lengths -> a list of audio ``(T_i * hop,)``, synthesized as one padded batch.
         ``seed`` fixes z (see the module docstring); without it a seed is drawn from
         ``generator`` or torch's global RNG. ``denoise``: bias-removal strength (0: off).
+        ``sigma``: the std of z; None takes the checkpoint's (``Vocoder.sigma``).
         """
+        sigma = self.sigma if sigma is None else sigma
         if isinstance(mel, (list, tuple)):
             return self._call_list(list(mel), sigma, seed, generator, denoise)
         batch = check_mel(mel, self.n_mels)
