@@ -22,8 +22,14 @@ from waveflow.config import ModelConfig
 
 
 def can_compose(cfg: ModelConfig) -> bool:
-    """Composition needs the sample-rate layout and an upsampler spanning whole frames."""
-    return cfg.cond_rate == "sample" and cfg.hop_length % cfg.n_group == 0 and cfg.upsample_kernel % cfg.hop_length == 0
+    """Composition needs the sample-rate layout, an upsampler spanning whole frames, and the mel
+    alone as its input (no pitch features)."""
+    return (
+        cfg.cond_rate == "sample"
+        and not cfg.pitch_features
+        and cfg.hop_length % cfg.n_group == 0
+        and cfg.upsample_kernel % cfg.hop_length == 0
+    )
 
 
 class ComposedConditioning:

@@ -85,6 +85,9 @@ class ModelConfig:
     # Linear prediction from the mel (waveflow.lpc): the flow models the LP residual and the
     # envelope comes from DSP. 0 turns it off (NVIDIA's models); 24 is the measured choice.
     lpc_order: int = 0
+    # Two pitch features from the mel (waveflow.pitch: log F0 and periodicity per frame) join
+    # the mel as conditioning, so that the couplings are told the period they must produce.
+    pitch_features: bool = False
 
     def validate(self) -> None:
         for name in ("n_mels", "n_flows", "n_group", "n_layers", "n_channels", "hop_length"):
@@ -119,9 +122,14 @@ class ModelConfig:
         return self.hop_length if self.cond_rate == "sample" else self.hop_length // self.n_group
 
     @property
+    def cond_inputs(self) -> int:
+        """Channels per frame that the upsampler takes: the mel, and the pitch features if on."""
+        return self.n_mels + (2 if self.pitch_features else 0)
+
+    @property
     def cond_channels(self) -> int:
         """Channels of the conditioning every coupling's WaveNet sees."""
-        return self.n_mels * self.n_group if self.cond_rate == "sample" else self.n_mels
+        return self.cond_inputs * self.n_group if self.cond_rate == "sample" else self.cond_inputs
 
     def early_output_at(self, k: int) -> bool:
         """Whether ``n_early_size`` channels leave the flow before flow ``k``."""

@@ -25,6 +25,7 @@ from waveflow.conditioner import Conv1d
 from waveflow.config import MelConfig, ModelConfig
 from waveflow.flows import FlowStep, squeeze, squeeze_cond, unsqueeze
 from waveflow.lpc import LinearPrediction
+from waveflow.pitch import MelPitch
 
 
 class WaveGlow(nn.Module):
@@ -55,7 +56,12 @@ class WaveGlow(nn.Module):
                 # centred frames (default) start half a hop early; hifigan's frame f is centred on f * hop + hop / 2
                 frame_offset=mel.hop_length // 2 if mel.preset == "default" else 0,
             )
-        self.upsample = nn.ConvTranspose1d(cfg.n_mels, cfg.n_mels, cfg.upsample_kernel, stride=cfg.upsample_stride)
+        self.pitch: MelPitch | None = None
+        if cfg.pitch_features:
+            mel = mel or MelConfig(n_mels=cfg.n_mels, hop_length=cfg.hop_length)
+            self.pitch = MelPitch(mel.n_mels, mel.sample_rate, mel.n_fft, mel.f_min, mel.f_max)
+        inputs = cfg.cond_inputs
+        self.upsample = nn.ConvTranspose1d(inputs, inputs, cfg.upsample_kernel, stride=cfg.upsample_stride)
         cond_channels = cfg.cond_channels
         self.flows = nn.ModuleList(
             FlowStep(
@@ -138,6 +144,8 @@ class WaveGlow(nn.Module):
         short). At the sample rate the result is squeezed like the audio.
         """
         steps = self._cond_steps(length)
+        if self.pitch is not None:
+            mel = torch.cat([mel, self.pitch(mel).to(mel.dtype)], dim=1)
         up = self.upsample(mel)
         if up.shape[2] < steps:
             up = torch.nn.functional.pad(up, (0, steps - up.shape[2]), mode="replicate")
@@ -206,8 +214,8 @@ class WaveGlow(nn.Module):
         as they were; ``train()`` drops it."""
         if not can_compose(self.cfg):
             raise ValueError(
-                "composing the conditioning needs cond_rate 'sample', n_group dividing hop_length "
-                "and upsample_kernel a multiple of hop_length"
+                "composing the conditioning needs cond_rate 'sample', n_group dividing hop_length, "
+                "upsample_kernel a multiple of hop_length and no pitch features"
             )
         self._composed = [
             ComposedConditioning(self.upsample, flow.coupling.wn.cond_layer, self.cfg.n_group) for flow in self.flows

@@ -1,0 +1,75 @@
+"""Pitch from the mel: two conditioning features per frame, computed without a network.
+
+Below 1 kHz the Slaney mel bands are 37 Hz apart, so the harmonics of a voice (F0 above
+about 100 Hz) are still resolved in the low bands. Per frame:
+
+1. linear magnitude ``pinv(M) @ exp(mel)`` over 65-1500 Hz, divided by its own moving
+   average over 9 bins (the envelope), minus 1: the harmonic ripple alone;
+2. its cosine similarity ``rho(T)`` with the comb ``cos(2 pi k T / n_fft)`` for every period T
+   of 40..320 samples (69-551 Hz at 22050 Hz): the normalised autocorrelation of the ripple;
+3. features: ``log(sample_rate / T*) - log(200)`` for the best period T*, and its score
+   ``rho(T*)`` (high for a clear harmonic series, low for noise and silence).
+
+On LJSpeech the period found this way agrees (within 2 samples) with the period that best
+predicts the real LP residual in most frames where that prediction is strong; octave errors
+occur where the voicing is weak. The features are a function of each frame's mel alone, so
+streaming and offline synthesis see the same values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from waveflow.audio import mel_filterbank
+
+BAND_HZ = (65.0, 1500.0)
+PERIODS = (40, 320)  # samples
+SMOOTH_BINS = 9
+REFERENCE_HZ = 200.0
+N_FEATURES = 2
+
+
+class MelPitch(nn.Module):
+    """log-mel ``(B, n_mels, F)`` -> ``(B, 2, F)`` float32: centred log-F0 and periodicity."""
+
+    def __init__(
+        self, n_mels: int = 80, sample_rate: int = 22050, n_fft: int = 1024, f_min: float = 0.0, f_max: float = 8000.0
+    ) -> None:
+        super().__init__()
+        self.sample_rate = sample_rate
+        basis = mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max)
+        lo = max(1, math.ceil(BAND_HZ[0] * n_fft / sample_rate))
+        hi = min(n_fft // 2, math.floor(min(BAND_HZ[1], f_max) * n_fft / sample_rate)) + 1
+        k = np.arange(lo, hi)[:, None]
+        periods = np.arange(PERIODS[0], PERIODS[1] + 1)[None, :]
+        self._consts = {
+            "pinv": torch.from_numpy(np.linalg.pinv(basis)[lo:hi]),  # (band bins, n_mels)
+            "comb": torch.from_numpy(np.cos(2 * np.pi * k * periods / n_fft)),  # (band bins, periods)
+        }
+        self._on_device: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+    def _const(self, name: str, device: torch.device) -> torch.Tensor:
+        if device not in self._on_device:
+            self._on_device[device] = {k: v.to(device) for k, v in self._consts.items()}
+        return self._on_device[device][name]
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=mel.device.type, enabled=False):
+            lin = torch.exp(mel.double().clamp(math.log(1e-5), 6.0))
+            band = torch.matmul(self._const("pinv", mel.device), lin).clamp(min=1e-6)  # (B, bins, F)
+            b, bins, frames = band.shape
+            flat = band.transpose(1, 2).reshape(b * frames, 1, bins)
+            envelope = F.avg_pool1d(flat, SMOOTH_BINS, 1, SMOOTH_BINS // 2, count_include_pad=False)
+            ripple = (flat / envelope).clamp(max=10.0).view(b, frames, bins) - 1.0
+            comb = self._const("comb", mel.device)
+            corr = torch.matmul(ripple, comb)  # (B, F, periods)
+            norms = ripple.square().sum(-1, keepdim=True).sqrt() * comb.square().sum(0).sqrt()
+            rho = corr / norms.clamp(min=1e-9)  # cosine similarity of the ripple and the comb, in [-1, 1]
+            score, best = rho.max(dim=-1)
+            log_f0 = torch.log(self.sample_rate / (best + PERIODS[0]).double()) - math.log(REFERENCE_HZ)
+            return torch.stack([log_f0, score], dim=1).float()
