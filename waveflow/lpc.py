@@ -246,9 +246,10 @@ def _blocked_all_pole(u: torch.Tensor, a: torch.Tensor, sub: int, scan_levels: i
     p = a.shape[-1] - 1
     k = hop // sub
     h = _impulse_response(a, sub)  # (B, NB, S)
-    # toeplitz[i, j] = h[i - j] (0 above the diagonal): rows are windows of [0 .. 0, h] reversed
-    padded = F.pad(h, (sub - 1, 0)).flip(-1)
-    toeplitz = padded.unfold(-1, sub, 1).flip(-2)  # (B, NB, S, S)
+    # toeplitz[i, j] = h[i - j], 0 above the diagonal (a gather: ONNX cannot export unfold here)
+    rows = torch.arange(sub, device=u.device)
+    lag = rows[:, None] - rows[None, :]
+    toeplitz = h[..., lag.clamp(min=0)] * (lag >= 0).to(h.dtype)  # (B, NB, S, S)
     zir = torch.matmul(toeplitz[..., :p], _state_matrix(a))  # (B, NB, S, p): response to the incoming state
     step = zir[..., sub - p :, :]  # (B, NB, p, p): state after one sub-block, from the state before it
     forced = torch.matmul(toeplitz, u.view(batch, nb, k, sub).transpose(-1, -2))  # (B, NB, S, k)

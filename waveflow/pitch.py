@@ -23,7 +23,6 @@ import math
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from waveflow.audio import mel_filterbank
 
@@ -47,7 +46,12 @@ class MelPitch(nn.Module):
         hi = min(n_fft // 2, math.floor(min(BAND_HZ[1], f_max) * n_fft / sample_rate)) + 1
         k = np.arange(lo, hi)[:, None]
         periods = np.arange(PERIODS[0], PERIODS[1] + 1)[None, :]
+        # Moving average over SMOOTH_BINS bins (fewer at the band's edges), as a matrix: ONNX
+        # runtimes have no float64 pooling.
+        n = hi - lo
+        near = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :]) <= SMOOTH_BINS // 2
         self._consts = {
+            "smooth": torch.from_numpy(near / near.sum(1, keepdims=True)).T.contiguous(),  # (bins, bins)
             "pinv": torch.from_numpy(np.linalg.pinv(basis)[lo:hi]),  # (band bins, n_mels)
             "comb": torch.from_numpy(np.cos(2 * np.pi * k * periods / n_fft)),  # (band bins, periods)
         }
@@ -61,11 +65,9 @@ class MelPitch(nn.Module):
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=mel.device.type, enabled=False):
             lin = torch.exp(mel.double().clamp(math.log(1e-5), 6.0))
-            band = torch.matmul(self._const("pinv", mel.device), lin).clamp(min=1e-6)  # (B, bins, F)
-            b, bins, frames = band.shape
-            flat = band.transpose(1, 2).reshape(b * frames, 1, bins)
-            envelope = F.avg_pool1d(flat, SMOOTH_BINS, 1, SMOOTH_BINS // 2, count_include_pad=False)
-            ripple = (flat / envelope).clamp(max=10.0).view(b, frames, bins) - 1.0
+            band = torch.matmul(self._const("pinv", mel.device), lin).clamp(min=1e-6).transpose(1, 2)  # (B, F, bins)
+            envelope = torch.matmul(band, self._const("smooth", mel.device))
+            ripple = (band / envelope).clamp(max=10.0) - 1.0
             comb = self._const("comb", mel.device)
             corr = torch.matmul(ripple, comb)  # (B, F, periods)
             norms = ripple.square().sum(-1, keepdim=True).sqrt() * comb.square().sum(0).sqrt()
