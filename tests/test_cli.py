@@ -34,3 +34,41 @@ def test_presets_lists_parameter_counts():
     result = run_cli("presets")
     assert result.returncode == 0
     assert "| `default` | 12 | 8 | 8 x 256 | 1024 | 87.9 M |" in result.stdout
+
+
+def test_version_and_info_of_the_bundled_model():
+    from waveflow import __version__
+
+    assert run_cli("--version").stdout.strip() == f"waveflow {__version__}"
+    result = run_cli("info")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for expected in ("preset 'realtime'", "mel: 80 bands, 22050 Hz", "inference sigma", "training: step"):
+        assert expected in out, out
+
+
+def test_info_of_a_training_checkpoint_and_of_a_bad_file(tmp_path):
+    import torch
+    from test_vocoder import write_tiny_checkpoint
+
+    write_tiny_checkpoint(tmp_path / "tiny.pt")
+    out = run_cli("info", str(tmp_path / "tiny.pt")).stdout
+    assert "preset 'tiny'" in out and "no linear prediction" in out
+    torch.save({"x": 1}, tmp_path / "other.pt")
+    bad = run_cli("info", str(tmp_path / "other.pt"))
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+    assert "not a waveflow checkpoint" in bad.stderr
+
+
+def test_the_cli_leaves_the_root_logger_alone():
+    import logging
+
+    from waveflow.cli import configure_logging
+
+    root_handlers = list(logging.getLogger().handlers)
+    configure_logging(False)
+    configure_logging(True)  # idempotent: one handler
+    logger = logging.getLogger("waveflow")
+    assert logging.getLogger().handlers == root_handlers
+    assert sum(getattr(h, "_waveflow_cli", False) for h in logger.handlers) == 1
+    assert logger.level == logging.DEBUG

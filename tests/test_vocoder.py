@@ -262,3 +262,13 @@ def test_default_sigma_is_the_checkpoints_inference_sigma():
     assert StreamingVocoder(voc).sigma == 0.9
     with pytest.raises(ValueError, match="sigma"):
         StreamingVocoder(voc, sigma=-1.0)
+
+
+def test_outputs_are_ordinary_tensors_that_post_processing_can_modify():
+    voc = tiny_vocoder()
+    audio = voc(random_mel(6, seed=2), seed=0)
+    assert not audio.is_inference()
+    audio.mul_(0.5)  # in-place post-processing (gain, fades) must work
+    mel = voc.mel(torch.zeros(4096))
+    assert not mel.is_inference()
+    mel.clamp_(min=-5)

@@ -12,6 +12,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from waveflow import __version__
+
 log = logging.getLogger("waveflow")
 
 
@@ -62,6 +64,40 @@ def _cmd_check(args: argparse.Namespace) -> None:
         raise CLIError(f"round-trip error {err:.3e} exceeds 1e-4: the flow is not inverting exactly")
 
 
+def _cmd_info(args: argparse.Namespace) -> None:
+    """Print what a checkpoint holds: architecture, mel convention, inference sigma, provenance."""
+    from waveflow.checkpoint import checkpoint_config, read_checkpoint
+    from waveflow.vocoder import DEFAULT_CHECKPOINT
+
+    path = args.checkpoint or DEFAULT_CHECKPOINT
+    data = read_checkpoint(path)
+    cfg = checkpoint_config(data, path)
+    m, mel = cfg.model, cfg.mel
+    n = sum(v.numel() for v in data["model"].values() if hasattr(v, "numel"))
+    print(f"{path}: waveflow checkpoint, format version {data.get('version')}")
+    print(
+        f"model: preset {cfg.preset!r}, {n / 1e6:.2f} M weights; {m.n_flows} flows, group {m.n_group}, "
+        f"conditioner {m.n_layers} x {m.n_channels}, mel at the {m.cond_rate} rate"
+    )
+    extras = [f"linear prediction order {m.lpc_order}" if m.lpc_order else "no linear prediction"]
+    extras.append("pitch features" if m.pitch_features else "no pitch features")
+    print("layers: " + ", ".join(extras))
+    print(
+        f"mel: {mel.n_mels} bands, {mel.sample_rate} Hz, n_fft {mel.n_fft}, hop {mel.hop_length}, "
+        f"{mel.f_min:g}-{mel.f_max:g} Hz, preset {mel.preset!r}"
+    )
+    print(f"inference sigma: {cfg.train.eval_sigma:g} (training sigma {cfg.train.sigma:g})")
+    facts = [f"step {data['step']}" if "step" in data else None]
+    nll = data.get("dev_nll", data.get("best_dev_nll"))
+    if nll is not None:
+        facts.append(f"dev NLL {float(nll):.4f} nats/sample")
+    if "optimizer" in data:
+        facts.append("resumable (optimizer state included)")
+    print("training: " + (", ".join(f for f in facts if f) or "no record"))
+    if data.get("note"):
+        print(f"note: {data['note']}")
+
+
 def _cmd_presets(args: argparse.Namespace) -> None:
     """Print the model presets and their parameter counts."""
     from waveflow.config import MODEL_PRESETS, model_preset
@@ -108,6 +144,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="waveflow", description="WaveGlow-style flow vocoder.")
+    parser.add_argument("--version", action="version", version=f"waveflow {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     sub.required = True
@@ -118,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=0.0, help="use only the first N seconds (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("info", help="what a checkpoint holds: model, mel convention, provenance")
+    p.add_argument("checkpoint", nargs="?", default=None, help="waveflow checkpoint (default: the bundled model)")
+    p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("presets", help="list the model presets with their parameter counts")
     p.set_defaults(func=_cmd_presets)
@@ -161,10 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: bool) -> None:
+    """Messages of the ``waveflow`` logger to stderr; the root logger (the host program's) is left alone."""
+    logger = logging.getLogger("waveflow")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(getattr(h, "_waveflow_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("waveflow: %(message)s"))
+        handler._waveflow_cli = True
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="waveflow: %(message)s")
+    configure_logging(args.verbose)
     try:
         args.func(args)
     except (CLIError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:

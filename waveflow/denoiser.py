@@ -28,7 +28,7 @@ class Denoiser:
         self.n_fft, self.hop_length = n_fft, hop_length
         self.window = torch.hann_window(n_fft, device=vocoder.device)
         mel = torch.full((1, vocoder.n_mels, BIAS_FRAMES + vocoder.tail_frames), vocoder.silence)
-        with torch.inference_mode():
+        with torch.no_grad():
             # sigma = 0: z = 0, the model's deterministic output for silence
             audio = vocoder.synthesize_window(mel.to(vocoder.device), 0, seed=0, sigma=0.0)
             audio = audio[:, : BIAS_FRAMES * vocoder.hop_length]
@@ -47,7 +47,7 @@ class Denoiser:
             raise ValueError(f"denoise strength must be >= 0, got {strength}")
         if audio.shape[-1] <= self.n_fft // 2:
             return audio  # too short for the reflect-padded STFT; nothing meaningful to remove
-        with torch.inference_mode():
+        with torch.no_grad():
             spec = self._stft(audio)
             mag = (spec.abs() - strength * self.bias.to(spec.device)[:, None]).clamp(min=0.0)
             spec = torch.polar(mag, spec.angle())

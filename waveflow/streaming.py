@@ -111,7 +111,7 @@ class StreamingVocoder:
         hop = self.vocoder.hop_length
         t0 = time.perf_counter()
         lo, hi = (self._emitted - start) * hop, (end - start) * hop
-        with torch.inference_mode():
+        with torch.no_grad():
             mel = window[None].to(self.vocoder.device)
             lpc = self.vocoder.model.lpc
             if lpc is None:

@@ -184,7 +184,7 @@ class Vocoder:
         ``(B, n_mels, F)`` of the model's convention; numpy in, numpy out."""
         is_numpy = isinstance(audio, np.ndarray)
         x = torch.from_numpy(np.asarray(audio, dtype=np.float32)) if is_numpy else audio
-        with torch.inference_mode():
+        with torch.no_grad():
             mel = self._mel(x.to(self.device).float())
         return mel.cpu().numpy() if is_numpy else mel.to(x.device)
 
@@ -293,7 +293,7 @@ class Vocoder:
         seed = self.resolve_seed(seed, generator)
         pad = torch.full((batch.shape[0], self.n_mels, self.tail_frames), self.silence)
         mel = torch.cat([batch.cpu(), pad], dim=2).to(self.device)
-        with torch.inference_mode():
+        with torch.no_grad():
             audio = self.synthesize_window(mel, 0, seed, sigma)[:, : batch.shape[2] * self.hop_length]
             for i, f in enumerate(frames):  # padded clips: silence, not the tail's audio, after the end
                 audio[i, f * self.hop_length :] = 0.0
