@@ -84,3 +84,15 @@ def test_streaming_a_real_clip_with_the_bundled_model(clip):
     streamed, bounds = stream_all(StreamingVocoder(voc, seed=4), mel, 10)
     assert snr_db(offline, streamed) >= 30
     assert_no_boundary_jump(streamed, offline, bounds)
+
+
+def test_numpy_chunks_give_numpy_audio_like_the_vocoder():
+    voc = tiny_vocoder()
+    mel = random_mel(12, seed=5).numpy()
+    stream = StreamingVocoder(voc, seed=3, lookahead=2, lookback=4)
+    pieces = [stream.push(mel[:, i : i + 5]) for i in range(0, 12, 5)] + [stream.flush()]
+    assert all(isinstance(p, np.ndarray) and p.dtype == np.float32 for p in pieces)
+    offline = voc(mel, seed=3)[0]
+    assert isinstance(offline, np.ndarray)
+    assert snr_db(offline, np.concatenate(pieces)) > 80
+    assert list(StreamingVocoder(voc, seed=3).stream([mel[:, :6], mel[:, 6:]]))[-1].dtype == np.float32

@@ -68,6 +68,7 @@ class StreamingVocoder:
         self._emitted = 0  # frames whose audio has been returned
         self._done = False
         self._lp_state: torch.Tensor | None = None  # linear prediction: the last output samples
+        self._numpy = False  # the last chunk was a numpy array: return numpy
 
     @property
     def latency_ms(self) -> float:
@@ -80,27 +81,33 @@ class StreamingVocoder:
         seconds = self.audio_samples / self.vocoder.sample_rate
         return self.compute_s / seconds if seconds else math.nan
 
-    def push(self, mel: MelLike) -> torch.Tensor:
-        """Add frames ``(n_mels, n)`` (n >= 1) and return the audio that is now final, on CPU."""
+    def push(self, mel: MelLike) -> MelLike:
+        """Add frames ``(n_mels, n)`` (n >= 1) and return the audio that is now final: a numpy
+        array for a numpy chunk (as ``Vocoder`` does), else a tensor on CPU."""
         if self._done:
             raise ValueError("stream already flushed; call reset() for a new utterance")
         chunk = check_mel(mel, self.vocoder.n_mels, name="mel chunk")
         if chunk.shape[0] != 1:
             raise ValueError(f"mel chunk has shape {tuple(chunk.shape)}; expected ({self.vocoder.n_mels}, frames)")
+        self._numpy = isinstance(mel, np.ndarray)
         self._mel = torch.cat([self._mel, chunk[0].cpu()], dim=1)
         total = self._offset + self._mel.shape[1]
-        return self._emit(total - self.lookahead, total)
+        return self._out(self._emit(total - self.lookahead, total))
 
-    def flush(self) -> torch.Tensor:
-        """End of utterance: the remaining audio (with offline synthesis's silent tail as context)."""
+    def flush(self) -> MelLike:
+        """End of utterance: the remaining audio (with offline synthesis's silent tail as context),
+        of the type the last pushed chunk had."""
         if self._done:
-            return torch.empty(0)
+            return self._out(torch.empty(0))
         total = self._offset + self._mel.shape[1]
         tail = torch.full((self.vocoder.n_mels, self.vocoder.tail_frames), self.vocoder.silence)
         self._mel = torch.cat([self._mel, tail], dim=1)
         out = self._emit(total, total + self.vocoder.tail_frames)
         self._done = True
-        return out
+        return self._out(out)
+
+    def _out(self, audio: torch.Tensor) -> MelLike:
+        return audio.numpy() if self._numpy else audio
 
     def _emit(self, end: int, available: int) -> torch.Tensor:
         """Audio of frames ``[emitted, end)`` from the window ending at frame ``available``."""
@@ -131,11 +138,11 @@ class StreamingVocoder:
             self._offset += drop
         return audio
 
-    def stream(self, chunks: Iterable[MelLike]) -> Iterator[torch.Tensor]:
+    def stream(self, chunks: Iterable[MelLike]) -> Iterator[MelLike]:
         """Yield audio for an iterable of mel chunks, ending with the flush."""
         for chunk in chunks:
             audio = self.push(chunk)
-            if audio.numel():
+            if len(audio):
                 yield audio
         yield self.flush()
 

@@ -195,7 +195,7 @@ def _stream(voc, mel: np.ndarray, args: argparse.Namespace) -> np.ndarray:
         f"streamed {mel.shape[1]} frames in chunks of {args.chunk_frames}: look-ahead {stream.latency_ms:.0f} ms, "
         f"real-time factor {stream.rtf:.2f}"
     )
-    audio = torch.cat(pieces).cpu().numpy()
+    audio = np.concatenate(pieces)  # numpy in, numpy out
     if args.denoise > 0:
         audio = voc.denoiser(torch.from_numpy(audio)[None], args.denoise)[0].numpy()
     return audio
