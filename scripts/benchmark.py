@@ -359,9 +359,9 @@ def print_table(rows: list[dict]) -> None:
     header = [name for name, _ in COLUMNS]
     cells = [[fmt.format(row[name]) if row.get(name) is not None else "-" for name, fmt in COLUMNS] for row in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
-    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=False)))
     for c in cells:
-        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths, strict=False)))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

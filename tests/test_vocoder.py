@@ -122,7 +122,7 @@ def test_batched_clips_of_different_lengths_equal_one_by_one():
     voc = tiny_vocoder()
     mels = [random_mel(n, seed=n) for n in (3, 17, 9, 1)]
     batched = voc(mels, seed=2)
-    for mel, out in zip(mels, batched):
+    for mel, out in zip(mels, batched, strict=False):
         alone = voc(mel, seed=2)[0]
         assert out.shape == (mel.shape[1] * HOP,)
         torch.testing.assert_close(out, alone, atol=1e-5, rtol=1e-4)

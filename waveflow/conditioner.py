@@ -185,7 +185,7 @@ class WaveNet(nn.Module):
         cond = cond if cond_projected else self.project_cond(cond)
         c2 = 2 * self.n_channels
         skip = None
-        for i, (in_layer, res_skip) in enumerate(zip(self.in_layers, self.res_skip_layers)):
+        for i, (in_layer, res_skip) in enumerate(zip(self.in_layers, self.res_skip_layers, strict=False)):
             acts = gated_activation(in_layer(h) + cond[:, i * c2 : (i + 1) * c2], self.n_channels)
             out = res_skip(acts)
             if i < self.n_layers - 1:

@@ -243,7 +243,7 @@ class SegmentBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> torch.Tensor:
         ctx = self.context
         out = np.zeros((self.batch_size, ctx + self.segment_length), dtype=np.float32)
-        for i, (position, index) in enumerate(zip(self.positions(step), self.clip_indices(step))):
+        for i, (position, index) in enumerate(zip(self.positions(step), self.clip_indices(step), strict=False)):
             clip = self.clips[index]
             # seeded by the position in the stream, not the rank: N processes with batch B
             # train on exactly the segments of one process with batch N * B

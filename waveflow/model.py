@@ -225,7 +225,9 @@ class WaveGlow(nn.Module):
         composed = self._composed
         if composed is None or self.training or torch.is_grad_enabled() or not composed[0].covers(frames, steps):
             return None
-        if not all(c.matches(self.upsample, f.coupling.wn.cond_layer) for c, f in zip(composed, self.flows)):
+        if not all(
+            c.matches(self.upsample, f.coupling.wn.cond_layer) for c, f in zip(composed, self.flows, strict=False)
+        ):
             self._composed = None  # the weights moved on: compose again to get the speed back
             return None
         return composed

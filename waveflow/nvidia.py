@@ -304,7 +304,7 @@ def convert_state(
             parts = [
                 (*take_gv(f"{src}cond_layers.{i}."), take(f"{src}cond_layers.{i}.bias")) for i in range(m.n_layers)
             ]
-            g, v, bias = (torch.cat(t) for t in zip(*parts))
+            g, v, bias = (torch.cat(t) for t in zip(*parts, strict=False))
         out[f"{dst}cond_layer.weight_g"], out[f"{dst}cond_layer.weight_v"], out[f"{dst}cond_layer.bias"] = g, v, bias
         for i in range(m.n_layers):
             p, q = f"{src}in_layers.{i}.", f"{dst}in_layers.{i}."
@@ -320,7 +320,9 @@ def convert_state(
                 parts = [(*take_gv(f"{src}skip_layers.{i}."), take(f"{src}skip_layers.{i}.bias"))]
                 if i < m.n_layers - 1:
                     parts.insert(0, (*take_gv(f"{src}res_layers.{i}."), take(f"{src}res_layers.{i}.bias")))
-                out[f"{q}weight_g"], out[f"{q}weight_v"], out[f"{q}bias"] = (torch.cat(t) for t in zip(*parts))
+                out[f"{q}weight_g"], out[f"{q}weight_v"], out[f"{q}bias"] = (
+                    torch.cat(t) for t in zip(*parts, strict=False)
+                )
     left = sorted(k for k in state if k not in used and not k.endswith("W_inverse"))
     if left:
         raise NvidiaCheckpointError(f"{where}: {len(left)} weights not understood (e.g. {left[0]})")

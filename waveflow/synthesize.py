@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> None:
     voc = load_vocoder(args.checkpoint, args.device, args.half)
     from waveflow.vocoder import check_mel
 
-    for i, ((path, _), mel) in enumerate(zip(pairs, mels)):
+    for i, ((path, _), mel) in enumerate(zip(pairs, mels, strict=False)):
         checked = check_mel(mel, voc.n_mels, name=str(path))  # warns here, once, about linear mels
         if checked.shape[0] != 1:
             raise SynthesisError(f"{path}: shape {mel.shape}; expected one mel ({voc.n_mels}, frames)")
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> None:
                 outs = [_stream(voc, mels[i], args) for i in idx]
             else:
                 outs = voc([mels[i] for i in idx], sigma=args.sigma, seed=args.seed, denoise=args.denoise)
-            for i, audio in zip(idx, outs):
+            for i, audio in zip(idx, outs, strict=False):
                 save_wav(pairs[i][1], audio, voc.sample_rate)
                 seconds += len(audio) / voc.sample_rate
             bar.update(len(idx))

@@ -21,7 +21,6 @@ import hashlib
 import logging
 import math
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -37,7 +36,7 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "ljspeech_mini
 NOISE_BLOCK = 4096  # group-steps per independently seeded block of noise
 LINEAR_MEL_MAX = 10.0  # a log-mel of speech stays below ~3; all >= 0 with a larger max is linear
 
-MelLike = Union[np.ndarray, torch.Tensor]
+MelLike = np.ndarray | torch.Tensor
 
 
 def _block_seed(seed: int, block: int) -> int:
