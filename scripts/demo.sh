@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WAVEFLOW_EXTRAS=${WAVEFLOW_EXTRAS:-dev,eval,export} bash scripts/setup.sh
 CLIP=${1:-../shared/data/LJSpeech-1.1-mini/wavs/LJ001-0032.wav}  # held out: the bundled model never trained on it
+if [ ! -f "$CLIP" ]; then
+    echo "demo: $CLIP not found; pass a 22050 Hz wav, or put the shared LJSpeech mini corpus at ../shared/data" >&2
+    exit 1
+fi
 OUT=${OUT:-demo_out}
 mkdir -p "$OUT"
 .venv/bin/waveflow mel "$CLIP" -o "$OUT/mel.npy"

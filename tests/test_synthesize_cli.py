@@ -150,3 +150,13 @@ def test_bad_checkpoints_and_outputs(tmp_path, ckpt, capsys):
         result = run_in_process(capsys, "synthesize", tmp_path / "m.npy", "-o", out, "--device", "cuda")
         assert_one_line_error(result, "CUDA is not available")
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".wav" or p.name.endswith(".tmp")) == []
+
+
+def test_a_missing_reference_is_refused_before_any_wav_is_written(tmp_path, ckpt, capsys):
+    mel = tmp_path / "m.npy"
+    np.save(mel, np.full((80, 10), -5.0, dtype=np.float32))
+    out = tmp_path / "out.wav"
+    missing = tmp_path / "no.wav"
+    result = run_in_process(capsys, "synthesize", mel, "-o", out, "--checkpoint", ckpt, "--reference", missing)
+    assert_one_line_error(result, "--reference", "no such file")
+    assert not out.exists()

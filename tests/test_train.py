@@ -62,6 +62,16 @@ def test_training_lowers_the_dev_nll(tmp_path, prepared):
     assert best["step"] == 30 and math.isclose(best["dev_nll"], curve[1][1], rel_tol=1e-5)
     assert (out / "checkpoints" / "step_0000030.pt").is_file()
     assert any((out / "tb").iterdir())
+    assert "step 30: dev NLL" in (out / "train.log").read_text()  # the run folder keeps its log
+
+
+def test_training_with_linear_prediction_lowers_the_dev_nll(tmp_path, prepared):
+    out = tmp_path / "run"
+    args = ["--set", "model.lpc_order=8", "--set", "train.max_steps=20", "--set", "train.eval_every=20"]
+    assert _train(tmp_path, prepared, out, *args) == 0
+    curve = _dev_curve(out)
+    assert curve[1][1] < curve[0][1] - 0.1, curve
+    assert read_checkpoint(out / "checkpoints" / "best.pt")["config"]["model"]["lpc_order"] == 8
 
 
 def test_a_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, prepared):
@@ -70,6 +80,7 @@ def test_a_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, prepare
     assert _train(tmp_path, prepared, straight, *common, "--set", "train.max_steps=6") == 0
     assert _train(tmp_path, prepared, resumed, *common, "--set", "train.max_steps=3") == 0
     assert _train(tmp_path, prepared, resumed, *common, "--set", "train.max_steps=6", "--resume") == 0
+    assert "resumed from" in (resumed / "train.log").read_text()  # one log across the run's sessions
     a = read_checkpoint(straight / "checkpoints" / "step_0000006.pt")
     b = read_checkpoint(resumed / "checkpoints" / "step_0000006.pt")
     for key in a["model"]:

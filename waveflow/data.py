@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def prepare(corpus: Path, out: Path, mel_cache: bool = False, progress: bool = T
     corpus = Path(corpus).resolve()
     ids = read_metadata(corpus)
     usable, skipped = {}, {}
-    for clip_id in tqdm(ids, desc="checking clips", unit="clip", disable=not progress):
+    for clip_id in tqdm(ids, desc="checking clips", unit="clip", disable=not (progress and sys.stderr.isatty())):
         samples, reason = check_clip(corpus / "wavs" / f"{clip_id}.wav")
         if reason is None:
             usable[clip_id] = samples
@@ -171,7 +172,7 @@ def _write_mel_cache(corpus: Path, folder: Path, ids: list[str], progress: bool)
 
     folder.mkdir(exist_ok=True)
     mel_fn = MelSpectrogram()
-    for clip_id in tqdm(ids, desc="mel cache", unit="clip", disable=not progress):
+    for clip_id in tqdm(ids, desc="mel cache", unit="clip", disable=not (progress and sys.stderr.isatty())):
         audio = torch.from_numpy(load_wav(corpus / "wavs" / f"{clip_id}.wav"))
         with torch.no_grad():
             mel = mel_fn(audio[None])[0].numpy()

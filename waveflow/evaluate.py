@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -155,7 +156,7 @@ def evaluate(voc, clips: list[Path], sigma: float | None = None, seed: int = 0, 
     from waveflow.audio import load_wav
 
     rows = []
-    for path in tqdm(clips, unit="clip", disable=len(clips) < 2):
+    for path in tqdm(clips, unit="clip", disable=len(clips) < 2 or not sys.stderr.isatty()):
         audio = load_wav(path, voc.sample_rate)
         mel = voc.mel(audio)
         row = {"clip": path.stem, "seconds": len(audio) / voc.sample_rate}

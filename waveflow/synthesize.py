@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -148,6 +149,12 @@ def run(args: argparse.Namespace) -> None:
     if args.stream and args.chunk_frames < 1:
         raise SynthesisError(f"--chunk-frames must be >= 1, got {args.chunk_frames}")
     pairs = plan(Path(args.input), Path(args.output))
+    if args.reference:  # before anything is written: a missing extra or file must not cost the output
+        from waveflow.evaluate import _need
+
+        _need("pesq"), _need("pystoi")
+        if not Path(args.reference).is_file():
+            raise SynthesisError(f"--reference {args.reference}: no such file")
     mels = [load_mel_file(p) for p, _ in pairs]  # read (and validate) everything before any work
     voc = load_vocoder(args.checkpoint, args.device, args.half)
     from waveflow.vocoder import check_mel
@@ -160,7 +167,7 @@ def run(args: argparse.Namespace) -> None:
     log.addFilter(_drop_linear_mel_warnings)  # already said above, per file
     start, seconds = time.perf_counter(), 0.0
     batches = [list(range(i, min(i + args.batch_size, len(pairs)))) for i in range(0, len(pairs), args.batch_size)]
-    bar = tqdm(total=len(pairs), unit="mel", disable=len(pairs) == 1)
+    bar = tqdm(total=len(pairs), unit="mel", disable=len(pairs) == 1 or not sys.stderr.isatty())
     try:
         for idx in batches:
             if args.stream:

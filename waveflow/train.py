@@ -16,8 +16,9 @@ import os
 import random
 import shutil
 import signal
+import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -359,7 +360,12 @@ class Trainer:
         if self.step == 0 and ctx.main:
             self.after_eval(self.evaluate())
         ctx.barrier()
-        bar = tqdm(total=cfg.train.max_steps, initial=self.step, unit="step", disable=not (ctx.main and self.progress))
+        bar = tqdm(
+            total=cfg.train.max_steps,
+            initial=self.step,
+            unit="step",
+            disable=not (ctx.main and self.progress and sys.stderr.isatty()),
+        )
         loader = batch_loader(dataset, self.step, cfg.train.num_workers)
         samples_per_step = cfg.train.batch_size * cfg.train.segment_length * ctx.world_size
         busy = 0.0  # seconds spent in training steps since the last log line
@@ -467,8 +473,25 @@ def run(args: argparse.Namespace) -> None:
         if args.resume and not ctx.main:
             last = sorted((out / "checkpoints").glob("step_*.pt"))
             resume_from = last[-1] if last else None
-        step = trainer.run(resume_from)
-        if ctx.main:
-            print(f"stopped at step {step}; best dev NLL {trainer.best_dev:.4f} nats/sample; run folder {out}")
+        with run_log(out / "train.log" if ctx.main else None):
+            step = trainer.run(resume_from)
+            if ctx.main:
+                print(f"stopped at step {step}; best dev NLL {trainer.best_dev:.4f} nats/sample; run folder {out}")
     finally:
         ctx.close()
+
+
+@contextmanager
+def run_log(path: Path | None):
+    """Append the run's log lines (with times) to ``path`` while the block runs; resumes add to it."""
+    if path is None:
+        yield
+        return
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
