@@ -272,3 +272,23 @@ def test_outputs_are_ordinary_tensors_that_post_processing_can_modify():
     mel = voc.mel(torch.zeros(4096))
     assert not mel.is_inference()
     mel.clamp_(min=-5)
+
+
+def test_a_zero_padded_batch_with_lengths_equals_each_clip_alone():
+    voc = tiny_vocoder()
+    clips = [random_mel(9, seed=1), random_mel(4, seed=2)]
+    padded = torch.zeros(2, 80, 9)  # zeros, as a TTS model pads: a loud log-mel, not silence
+    padded[0], padded[1, :, :4] = clips[0], clips[1]
+    audio, audio_lengths = voc(padded, seed=3, lengths=[9, 4])
+    assert audio_lengths.tolist() == [9 * HOP, 4 * HOP]
+    alone = voc(clips, seed=3)
+    for i in range(2):
+        torch.testing.assert_close(audio[i, : audio_lengths[i]], alone[i], rtol=0, atol=1e-6)
+    assert float(audio[1, 4 * HOP :].abs().max()) == 0.0  # nothing after the end
+    without = voc(padded, seed=3)[1, : 4 * HOP]
+    assert float((without - alone[1]).abs().max()) > 1e-4  # the test can tell: the padding leaks in without lengths
+    audio_np, lengths_np = voc(padded.numpy(), seed=3, lengths=np.array([9, 4]))
+    assert isinstance(audio_np, np.ndarray) and lengths_np.dtype == np.int64
+    for bad in ([9], [0, 4], [9, 10], [9.0, 4.0]):
+        with pytest.raises(ValueError, match="lengths"):
+            voc(padded, lengths=bad)

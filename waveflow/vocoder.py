@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -240,7 +241,8 @@ class Vocoder:
         seed: int | None = None,
         generator: torch.Generator | None = None,
         denoise: float = 0.0,
-    ) -> MelLike | list[MelLike]:
+        lengths: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+    ) -> MelLike | list[MelLike] | tuple[MelLike, MelLike]:
         """Synthesize audio.
 
         mel: ``(n_mels, T)`` or ``(B, n_mels, T)`` numpy array or tensor -> audio ``(B, T * hop)``
@@ -249,15 +251,37 @@ class Vocoder:
         ``seed`` fixes z (see the module docstring); without it a seed is drawn from
         ``generator`` or torch's global RNG. ``denoise``: bias-removal strength (0: off).
         ``sigma``: the std of z; None takes the checkpoint's (``Vocoder.sigma``).
+
+        ``lengths`` (B,): the valid frames of each mel of a zero-padded batch, as a TTS model's
+        padded output comes. Frames past a length are replaced by silence before synthesis and
+        the audio past ``length * hop`` is zero, so a clip comes out as it would alone; returns
+        ``(audio (B, T * hop), audio lengths (B,) = lengths * hop)``, both numpy for numpy input.
         """
         sigma = self.sigma if sigma is None else sigma
         if isinstance(mel, (list, tuple)):
+            if lengths is not None:
+                raise ValueError("lengths= is for a padded batch array; a list already gives each mel its length")
             return self._call_list(list(mel), sigma, seed, generator, denoise)
         batch = check_mel(mel, self.n_mels)
-        out = self._synthesize(batch, [batch.shape[2]] * batch.shape[0], sigma, seed, generator, denoise)
-        if isinstance(mel, np.ndarray):
-            return out.cpu().numpy()
-        return out.to(mel.device)
+        frames = [batch.shape[2]] * batch.shape[0]
+        if lengths is not None:
+            frames = self._check_lengths(lengths, batch.shape[0], batch.shape[2])
+            batch = batch.clone()
+            for i, f in enumerate(frames):
+                batch[i, :, f:] = self.silence
+        out = self._synthesize(batch, frames, sigma, seed, generator, denoise)
+        out = out.cpu().numpy() if isinstance(mel, np.ndarray) else out.to(mel.device)
+        if lengths is None:
+            return out
+        samples = [f * self.hop_length for f in frames]
+        return out, (np.asarray(samples, dtype=np.int64) if isinstance(mel, np.ndarray) else torch.tensor(samples))
+
+    @staticmethod
+    def _check_lengths(lengths, batch: int, frames: int) -> list[int]:
+        values = lengths.tolist() if isinstance(lengths, (np.ndarray, torch.Tensor)) else list(lengths)
+        if len(values) != batch or not all(isinstance(v, (int, np.integer)) and 1 <= v <= frames for v in values):
+            raise ValueError(f"lengths {values!r}: expected {batch} integers in 1..{frames} (valid frames per mel)")
+        return [int(v) for v in values]
 
     def _call_list(self, mels, sigma, seed, generator, denoise) -> list[MelLike]:
         if not mels:
