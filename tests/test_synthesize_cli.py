@@ -160,3 +160,17 @@ def test_a_missing_reference_is_refused_before_any_wav_is_written(tmp_path, ckpt
     result = run_in_process(capsys, "synthesize", mel, "-o", out, "--checkpoint", ckpt, "--reference", missing)
     assert_one_line_error(result, "--reference", "no such file")
     assert not out.exists()
+
+
+def test_denoise_mode_option_picks_the_bias_rule(tmp_path, ckpt, capsys):
+    import soundfile as sf
+
+    mel = tmp_path / "m.npy"
+    np.save(mel, np.random.default_rng(0).normal(-5, 2, (80, 20)).astype(np.float32))
+    outs = {}
+    for mode in ("waveflow", "nvidia"):
+        out = tmp_path / f"{mode}.wav"
+        args = ("synthesize", mel, "-o", out, "--checkpoint", ckpt, "--denoise", "0.5", "--denoise-mode", mode)
+        assert run_in_process(capsys, *args).returncode == 0
+        outs[mode] = sf.read(out)[0]
+    assert not np.allclose(outs["waveflow"], outs["nvidia"])

@@ -113,8 +113,15 @@ def load_state(model: WaveGlow, state: dict[str, torch.Tensor], path: str | Path
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[WaveGlow, Config]:
     """A ``WaveGlow`` in eval mode on ``device`` and its ``Config``, from a checkpoint file."""
+    model, cfg, _ = load_checkpoint(path, device)
+    return model, cfg
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[WaveGlow, Config, dict[str, Any]]:
+    """As ``load_model``, plus the checkpoint's other entries (step, source, note; no weights)."""
     data = read_checkpoint(path)
     cfg = checkpoint_config(data, path)
     model = WaveGlow(cfg.model, cfg.mel)
     load_state(model, data["model"], path)
-    return model.to(device).eval(), cfg
+    extra = {k: v for k, v in data.items() if k not in ("model", "optimizer", "scaler", "rng")}
+    return model.to(device).eval(), cfg, extra

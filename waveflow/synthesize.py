@@ -118,6 +118,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="std of the latent noise (default: the checkpoint's inference sigma, 0.6 for WaveGlow)",
     )
     parser.add_argument("--denoise", type=float, default=0.0, help="bias-removal strength, e.g. 0.01 (default: off)")
+    parser.add_argument(
+        "--denoise-mode",
+        choices=["auto", "waveflow", "nvidia"],
+        default="auto",
+        help="the bias to remove: waveflow (silence mel) or nvidia (NVIDIA's denoiser.py rule); "
+        "auto: nvidia for checkpoints converted from NVIDIA, else waveflow (default: auto)",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--half", action="store_true", help="float16 conditioner (CUDA only)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
@@ -157,6 +164,8 @@ def run(args: argparse.Namespace) -> None:
             raise SynthesisError(f"--reference {args.reference}: no such file")
     mels = [load_mel_file(p) for p, _ in pairs]  # read (and validate) everything before any work
     voc = load_vocoder(args.checkpoint, args.device, args.half)
+    if args.denoise_mode != "auto":
+        voc.denoise_mode = args.denoise_mode
     from waveflow.vocoder import check_mel
 
     for i, ((path, _), mel) in enumerate(zip(pairs, mels, strict=False)):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from waveflow.audio import MelSpectrogram
-from waveflow.checkpoint import load_model
+from waveflow.checkpoint import load_checkpoint
 from waveflow.config import Config
 from waveflow.model import WaveGlow
 
@@ -117,6 +117,7 @@ class Vocoder:
         device: str | torch.device = "cpu",
         half: bool = False,
         tail_frames: int | None = None,
+        denoise_mode: str = "waveflow",
     ) -> None:
         self.device = torch.device(device)
         if half and self.device.type != "cuda":
@@ -129,6 +130,7 @@ class Vocoder:
         self.tail_frames = receptive_field_frames(model) if tail_frames is None else int(tail_frames)
         self._mel = MelSpectrogram(config.mel).to(self.device)
         self._denoiser = None
+        self.denoise_mode = denoise_mode  # "nvidia" for NVIDIA's checkpoints: see waveflow.denoiser
 
     @classmethod
     def from_checkpoint(
@@ -137,7 +139,9 @@ class Vocoder:
         """Load a waveflow checkpoint (weights of any float dtype are cast to float32)."""
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device cuda requested but CUDA is not available")
-        model, cfg = load_model(path, "cpu")
+        model, cfg, extra = load_checkpoint(path, "cpu")
+        if str(extra.get("source", "")).startswith("nvidia:"):  # written by `waveflow convert-nvidia`
+            kwargs.setdefault("denoise_mode", "nvidia")
         return cls(model, cfg, device=device, half=half, **kwargs)
 
     @classmethod
@@ -149,6 +153,7 @@ class Vocoder:
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device cuda requested but CUDA is not available")
         model, cfg = load_nvidia(path, "cpu")
+        kwargs.setdefault("denoise_mode", "nvidia")
         return cls(model, cfg, device=device, half=half, **kwargs)
 
     @classmethod
@@ -327,8 +332,8 @@ class Vocoder:
     @property
     def denoiser(self):
         """The model's ``Denoiser`` (its bias spectrum computed on first use, then cached)."""
-        if self._denoiser is None:
+        if self._denoiser is None or self._denoiser.mode != self.denoise_mode:
             from waveflow.denoiser import Denoiser
 
-            self._denoiser = Denoiser(self)
+            self._denoiser = Denoiser(self, mode=self.denoise_mode)
         return self._denoiser
