@@ -145,6 +145,22 @@ class Vocoder:
         return cls(model, cfg, device=device, half=half, **kwargs)
 
     @classmethod
+    def from_pretrained(
+        cls, path_or_repo_id: str | Path, device: str | torch.device = "cpu", half: bool = False, **kwargs
+    ) -> Vocoder:
+        """Load a pretrained folder (``config.yaml`` + ``model.safetensors``, written by
+        ``waveflow export --format pretrained``) or, with ``huggingface_hub`` installed, a hub
+        repo id (``owner/name``) holding one."""
+        from waveflow.pretrained import load_pretrained
+
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device cuda requested but CUDA is not available")
+        model, cfg, card = load_pretrained(path_or_repo_id)
+        if str(card.get("source", "")).startswith("nvidia:"):
+            kwargs.setdefault("denoise_mode", "nvidia")
+        return cls(model, cfg, device=device, half=half, **kwargs)
+
+    @classmethod
     def from_nvidia(cls, path: str | Path, device: str | torch.device = "cpu", half: bool = False, **kwargs) -> Vocoder:
         """Load one of NVIDIA's published WaveGlow checkpoints (see ``waveflow.nvidia``),
         read without executing any code from the file."""
