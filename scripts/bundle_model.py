@@ -11,9 +11,24 @@ dev NLL. The result loads with ``torch.load(weights_only=True)`` like any checkp
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from waveflow.checkpoint import FORMAT, VERSION, atomic_save, checkpoint_config, read_checkpoint
 from waveflow.config import with_overrides
+
+
+def card(args, data: dict) -> dict:
+    """The model card stored with the weights (``waveflow info`` prints it)."""
+    out = {"data": args.data, "steps": int(data.get("step", 0))}
+    if args.evaluation:
+        scores = json.loads(Path(args.evaluation).read_text())
+        out["quality"] = {
+            "clips": [c["clip"] for c in scores["clips"]],
+            "sigma": scores.get("sigma"),
+            **{system: {k: round(v, 4) for k, v in means.items()} for system, means in scores["summary"].items()},
+        }
+    return out
 
 
 def main() -> int:
@@ -26,6 +41,10 @@ def main() -> int:
         type=float,
         default=None,
         help="inference sigma to ship (stored as train.eval_sigma; default: the run's own)",
+    )
+    p.add_argument("--data", default="", help="model card: what it was trained on")
+    p.add_argument(
+        "--evaluation", default=None, help="model card: a `waveflow evaluate --json` file whose means are stored"
     )
     args = p.parse_args()
     data = read_checkpoint(args.checkpoint)
@@ -41,6 +60,7 @@ def main() -> int:
         "step": int(data.get("step", 0)),
         "dev_nll": float(data.get("dev_nll", data.get("best_dev_nll", float("nan")))),
         "note": args.note,
+        "card": card(args, data),
     }
     atomic_save(bundled, args.out)
     n = sum(v.numel() for v in weights.values())

@@ -96,6 +96,17 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print("training: " + (", ".join(f for f in facts if f) or "no record"))
     if data.get("note"):
         print(f"note: {data['note']}")
+    card = data.get("card") or {}
+    if card.get("data"):
+        print(f"data: {card['data']}")
+    quality = card.get("quality") or {}
+    for system in ("waveflow", "griffin_lim"):
+        if system in quality:
+            q = quality[system]
+            print(
+                f"quality ({system}, {len(quality.get('clips', []))} clips, sigma {quality.get('sigma')}): "
+                + ", ".join(f"{k} {q[k]}" for k in ("mel_l1", "pesq_wb", "stoi", "nll_nats", "silence_rms") if k in q)
+            )
 
 
 def _cmd_presets(args: argparse.Namespace) -> None:
