@@ -83,11 +83,12 @@ class LinearPrediction(nn.Module):
         k = np.arange(order + 1)[None, :]
         j = np.arange(n_bins)[:, None]
         weight = np.where((j == 0) | (j == n_fft // 2), 1.0, 2.0) / n_fft
+        cos = weight * np.cos(2 * np.pi * j * k / n_fft)  # (bins, p + 1)
         self._consts = {
-            "pinv": torch.from_numpy(np.linalg.pinv(basis)),  # (bins, n_mels)
-            "cos": torch.from_numpy(weight * np.cos(2 * np.pi * j * k / n_fft)),  # (bins, p + 1)
+            "pinv": torch.from_numpy(np.linalg.pinv(basis)[: top + 1]),  # (bins up to f_max, n_mels)
+            "cos": torch.from_numpy(cos[: top + 1].T.copy()),  # (p + 1, bins up to f_max)
+            "cos_above": torch.from_numpy(cos[top + 1 :].sum(axis=0)[:, None]),  # (p + 1, 1)
         }
-        self._top = top
         self._window_power = float(window.square().sum())
         self._on_device: dict[torch.device, dict[str, torch.Tensor]] = {}
 
@@ -103,12 +104,12 @@ class LinearPrediction(nn.Module):
             # float64 throughout: in float32 the matmuls' rounding depends on how many frames are in
             # the batch, and streaming must compute a window's coefficients exactly as offline does.
             lin = torch.exp(mel.double().clamp(*LOG_MEL_RANGE))
-            mag = torch.matmul(self._const("pinv", mel.device), lin).clamp(min=1e-6)  # (B, bins, F)
-            top = self._top
-            if top + 1 < mag.shape[1]:
-                fill = mag[:, top + 1 - FILL_BINS : top + 1].mean(dim=1, keepdim=True)
-                mag = torch.cat([mag[:, : top + 1], fill.expand(-1, mag.shape[1] - top - 1, -1)], dim=1)
-            r = torch.matmul(mag.square().transpose(1, 2), self._const("cos", mel.device))  # (B, F, p + 1)
+            mag = torch.matmul(self._const("pinv", mel.device), lin).clamp_(min=1e-6)  # (B, bins <= f_max, F)
+            fill = mag[:, -FILL_BINS:].mean(dim=1)  # (B, F): the magnitude of every bin above f_max
+            # r = irfft(power)[: p + 1], the bins above f_max (all equal to fill) in one column sum
+            r = torch.matmul(self._const("cos", mel.device), mag.square_())  # (B, p + 1, F)
+            r = r + fill.square().unsqueeze(1) * self._const("cos_above", mel.device)
+            r = r.transpose(1, 2)  # (B, F, p + 1)
             r = torch.cat([r[..., :1] * (1.0 + self.noise_floor), r[..., 1:]], dim=-1)
             a, err = levinson(r, self.order)
             g = torch.sqrt(err.clamp(min=0.0) / self._window_power).clamp(min=self.gain_floor)
