@@ -96,3 +96,20 @@ def test_numpy_chunks_give_numpy_audio_like_the_vocoder():
     assert isinstance(offline, np.ndarray)
     assert snr_db(offline, np.concatenate(pieces)) > 80
     assert list(StreamingVocoder(voc, seed=3).stream([mel[:, :6], mel[:, 6:]]))[-1].dtype == np.float32
+
+
+def test_streaming_abuse_gets_clear_errors_or_documented_behaviour():
+    voc = tiny_vocoder()
+    mel = random_mel(10, seed=6)
+    stream = StreamingVocoder(voc, seed=1, lookahead=2, lookback=4)
+    with pytest.raises(ValueError, match="zero frames"):
+        stream.push(mel[:, :0])  # an empty chunk is refused and changes nothing
+    with pytest.raises(ValueError, match="mel chunk"):
+        stream.push(torch.randn(3, 80, 2))  # a batch is not a chunk
+    uneven = [stream.push(mel[:, a:b]) for a, b in ((0, 1), (1, 2), (2, 7), (7, 10))] + [stream.flush()]
+    assert snr_db(voc(mel, seed=1)[0], torch.cat(uneven)) > 80  # the refused chunks left no trace
+    with pytest.raises(ValueError, match="already flushed"):
+        stream.push(mel[:, :1])
+    assert stream.flush().numel() == 0  # a second flush returns nothing
+    stream.reset()
+    assert stream.push(mel).numel() > 0  # reset starts a new utterance

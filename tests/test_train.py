@@ -191,3 +191,24 @@ def test_cli_errors_have_no_traceback_in_a_real_process(tmp_path):
     )
     assert done.returncode == 1
     assert done.stderr.strip().startswith("waveflow prepare: error:") and "Traceback" not in done.stderr
+
+
+def test_bf16_autocast_on_the_cpu_runs_the_mixed_precision_path(tmp_path, prepared, capsys):
+    """The AMP branch of the trainer (autocast, float32 affine arithmetic and 1x1 convs) without
+    a GPU: losses finite, and the first step's loss within bf16 rounding of fp32's."""
+    common = ["--set", "train.max_steps=4", "--set", "train.eval_every=100", "--set", "model.lpc_order=8"]
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        assert _train(tmp_path, prepared, out, *common, "--set", f"train.precision={precision}") == 0
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(out / "tb"))
+        events.Reload()
+        losses[precision] = [e.value for e in events.Scalars("train/nll_nats")]
+    assert len(losses["bf16"]) == 4 and all(math.isfinite(v) for v in losses["bf16"])
+    assert abs(losses["bf16"][0] - losses["fp32"][0]) < 0.05, losses
+    capsys.readouterr()
+    fp16 = ["--config", _config(tmp_path), "--device", "cpu", "--set", "train.precision=fp16"]
+    assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "x"), *fp16]) == 1
+    assert "needs a CUDA device" in capsys.readouterr().err
