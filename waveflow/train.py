@@ -444,6 +444,8 @@ def prepare_run_folder(out: Path, cfg: Config, resume: bool, force: bool) -> Pat
                 f"--resume: {out} holds a run of another config "
                 f"({describe_difference(architecture(cfg), architecture(saved))})"
             )
+        for stale in (out / "checkpoints").glob(".*.tmp"):  # a write cut short by a kill: never renamed
+            stale.unlink()
         last = sorted((out / "checkpoints").glob("step_*.pt"))
         return last[-1] if last else None
     if out.exists() and any(out.iterdir()):
