@@ -26,7 +26,7 @@ def card(args, data: dict) -> dict:
         out["quality"] = {
             "clips": [c["clip"] for c in scores["clips"]],
             "sigma": scores.get("sigma"),
-            **{system: {k: round(v, 4) for k, v in means.items()} for system, means in scores["summary"].items()},
+            **{system: {k: float(f"{v:.4g}") for k, v in means.items()} for system, means in scores["summary"].items()},
         }
     return out
 
