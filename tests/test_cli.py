@@ -43,7 +43,14 @@ def test_version_and_info_of_the_bundled_model():
     result = run_cli("info")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    for expected in ("preset 'realtime'", "mel: 80 bands, 22050 Hz", "inference sigma", "training: step"):
+    for expected in (
+        "preset 'realtime'",
+        "linear prediction order 24",
+        "mel: 80 bands, 22050 Hz",
+        "inference sigma 0.8",
+        "training: step",
+        "quality (waveflow, 2 clips",
+    ):
         assert expected in out, out
 
 

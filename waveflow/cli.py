@@ -86,7 +86,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
         f"mel: {mel.n_mels} bands, {mel.sample_rate} Hz, n_fft {mel.n_fft}, hop {mel.hop_length}, "
         f"{mel.f_min:g}-{mel.f_max:g} Hz, preset {mel.preset!r}"
     )
-    print(f"inference sigma: {cfg.train.eval_sigma:g} (training sigma {cfg.train.sigma:g})")
+    print(f"inference sigma {cfg.train.eval_sigma:g} (training sigma {cfg.train.sigma:g})")
     facts = [f"step {data['step']}" if "step" in data else None]
     nll = data.get("dev_nll", data.get("best_dev_nll"))
     if nll is not None:
