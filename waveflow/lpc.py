@@ -224,7 +224,8 @@ def _fold_state(u: torch.Tensor, at: int, a_first: torch.Tensor, state: torch.Te
     """
     n = a_first.shape[1]
     rows = _state_matrix(a_first)  # (B, n, p, p): row j of sample j's matrix is what sample j needs
-    corr = torch.matmul(rows[:, torch.arange(n), torch.arange(n)], state.unsqueeze(-1)).squeeze(-1)
+    diag = torch.arange(n, device=u.device)
+    corr = torch.matmul(rows[:, diag, diag], state.unsqueeze(-1)).squeeze(-1)
     return torch.cat([u[:, :at], u[:, at : at + n] + corr, u[:, at + n :]], dim=1)
 
 

@@ -7,6 +7,10 @@ forward (training, exact likelihood):
 inverse (inference) runs the same modules backwards; ``infer`` samples z ~ N(0, sigma^2)
 and calls ``inverse``. There is no second hand-written copy of the network.
 
+With ``lpc_order > 0`` a linear-prediction layer (``waveflow.lpc``) sits between the audio
+and the squeeze: the flow models the residual of a mel-derived all-pole filter, the log-det
+gains the layer's exact ``-sum log g``, and inference runs the synthesis filter last.
+
 Length policy: a training input whose length is not a multiple of ``n_group`` is trimmed
 (the last ``T % n_group`` samples are dropped, and the likelihood is that of the rest);
 inference generates ``ceil(L / n_group) * n_group`` samples and trims to ``L``
