@@ -1,9 +1,13 @@
 """Log-mel front end and wav I/O.
 
-The mel follows CONVENTIONS.md: by default the Tacotron 2 / WaveGlow convention
-(reflect-pad n_fft/2 each side, magnitude, Slaney mel, natural log of clamp(mel, 1e-5));
-``preset="hifigan"`` pads (n_fft - hop)/2 each side with ``center=False`` and takes
-``sqrt(re^2 + im^2 + 1e-9)``.
+The mel convention (the vocoder's input), by default that of Tacotron 2 and WaveGlow:
+22050 Hz mono audio in [-1, 1]; STFT with n_fft 1024, a 1024-sample periodic Hann window and
+hop 256, reflect-padded by n_fft/2 on each side (frames = 1 + samples // 256); magnitude
+(power 1); 80 Slaney-scale mel bands over 0-8000 Hz with Slaney area normalisation (librosa's
+``filters.mel`` defaults); natural log of ``clamp(mel, min=1e-5)``; layout ``(n_mels, frames)``
+or ``(batch, n_mels, frames)``, float32. ``preset="hifigan"`` (HiFi-GAN, VITS) pads
+(n_fft - hop)/2 on each side with ``center=False`` (frames = samples // 256) and takes
+``sqrt(re^2 + im^2 + 1e-9)``. ``MelConfig`` holds these numbers.
 """
 
 from __future__ import annotations

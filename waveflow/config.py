@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class MelConfig:
-    """Log-mel convention (see CONVENTIONS.md). ``preset`` selects the padding/magnitude rule."""
+    """Log-mel convention (described in ``waveflow.audio``). ``preset`` selects the padding/magnitude rule."""
 
     sample_rate: int = 22050
     n_fft: int = 1024

@@ -1,7 +1,7 @@
 """Copy-synthesis quality: ``waveflow evaluate``.
 
 For every clip: audio -> mel -> vocoder -> audio, compared with the original by the
-measures of CONVENTIONS.md: mel-L1 (mean |log-mel difference|), PESQ wide-band at 16 kHz
+usual measures of vocoder papers: mel-L1 (mean |log-mel difference|), PESQ wide-band at 16 kHz
 (both signals resampled with librosa's soxr_hq), STOI, and the held-out NLL of the original
 audio under the flow (nats and bits per sample). Griffin-Lim (librosa, 60 iterations, from
 the same mel) is scored the same way as the floor a trained model must beat.

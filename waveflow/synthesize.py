@@ -231,7 +231,9 @@ def add_mel_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("wav", help="a wav (other sample rates are resampled)")
     parser.add_argument("-o", "--output", required=True, help="output mel, .npy or .pt, shape (n_mels, frames)")
     parser.add_argument(
-        "--checkpoint", default=None, help="use this checkpoint's mel convention (default: CONVENTIONS.md)"
+        "--checkpoint",
+        default=None,
+        help="use this checkpoint's mel convention (default: Tacotron 2 / WaveGlow's, see waveflow.audio)",
     )
 
 
