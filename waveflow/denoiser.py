@@ -8,12 +8,29 @@ the phase.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from waveflow.vocoder import Vocoder
+
+class Synthesizer(Protocol):
+    """What the denoiser needs of a vocoder (``waveflow.vocoder.Vocoder`` is one); a protocol,
+    so that this module sits below the vocoder instead of importing it back."""
+
+    device: torch.device
+    tail_frames: int
+
+    @property
+    def n_mels(self) -> int: ...
+
+    @property
+    def hop_length(self) -> int: ...
+
+    @property
+    def silence(self) -> float: ...
+
+    def synthesize_window(self, mel: torch.Tensor, start_frame: int, seed: int, sigma: float) -> torch.Tensor: ...
+
 
 N_FFT = 1024
 HOP = 256
@@ -38,7 +55,7 @@ class Denoiser:
       bias, so the same strength removes more.
     """
 
-    def __init__(self, vocoder: Vocoder, n_fft: int = N_FFT, hop_length: int = HOP, mode: str = "waveflow") -> None:
+    def __init__(self, vocoder: Synthesizer, n_fft: int = N_FFT, hop_length: int = HOP, mode: str = "waveflow") -> None:
         if mode not in MODES:
             raise ValueError(f"denoise mode {mode!r}: expected one of {list(MODES)}")
         self.n_fft, self.hop_length, self.mode = n_fft, hop_length, mode

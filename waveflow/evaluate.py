@@ -217,7 +217,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from waveflow.synthesize import load_vocoder
+    from waveflow.vocoder import load_vocoder
 
     if args.limit < 0:
         raise ValueError(f"--limit must be >= 0, got {args.limit}")

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from waveflow.vocoder import load_vocoder
+
 log = logging.getLogger("waveflow")
 
 MEL_SUFFIXES = (".npy", ".pt")
@@ -132,18 +134,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", action="store_true", help="synthesize with StreamingVocoder, chunk by chunk")
     parser.add_argument("--chunk-frames", type=int, default=16, help="mel frames per streamed chunk")
     parser.add_argument("--reference", default=None, help="a wav to compare the output with (prints quality)")
-
-
-def load_vocoder(checkpoint: str | None, device: str = "cpu", half: bool = False):
-    from waveflow.vocoder import Vocoder
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SynthesisError("--device cuda: CUDA is not available on this machine")
-    if half and device != "cuda":
-        raise SynthesisError("--half needs --device cuda")
-    if checkpoint:
-        return Vocoder.from_checkpoint(checkpoint, device=device, half=half)
-    return Vocoder.default(device=device, half=half)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -353,3 +353,15 @@ class Vocoder:
 
             self._denoiser = Denoiser(self, mode=self.denoise_mode)
         return self._denoiser
+
+
+def load_vocoder(checkpoint: str | Path | None, device: str = "cpu", half: bool = False) -> Vocoder:
+    """The CLI's loader: a checkpoint, or the bundled model when None; one-line errors for a
+    device that is not there."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available on this machine")
+    if half and device != "cuda":
+        raise ValueError("--half needs --device cuda")
+    if checkpoint:
+        return Vocoder.from_checkpoint(checkpoint, device=device, half=half)
+    return Vocoder.default(device=device, half=half)
