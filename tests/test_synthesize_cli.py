@@ -174,3 +174,20 @@ def test_denoise_mode_option_picks_the_bias_rule(tmp_path, ckpt, capsys):
         assert run_in_process(capsys, *args).returncode == 0
         outs[mode] = sf.read(out)[0]
     assert not np.allclose(outs["waveflow"], outs["nvidia"])
+
+
+def test_inference_needs_neither_librosa_nor_tensorboard(tmp_path, clip):
+    """The core install is light: mel and synthesize run with the eval and train extras absent."""
+    script = (
+        "import sys\n"
+        "for name in ('librosa', 'tensorboard', 'pesq', 'pystoi'):\n"
+        "    sys.modules[name] = None  # import fails as if not installed\n"
+        "from waveflow.cli import main\n"
+        f"assert main(['mel', {str(clip)!r}, '-o', {str(tmp_path / 'm.npy')!r}]) == 0\n"
+        f"assert main(['synthesize', {str(tmp_path / 'm.npy')!r}, '-o', {str(tmp_path / 'o.wav')!r}]) == 0\n"
+        f"assert main(['evaluate', '--data', {str(tmp_path)!r}]) == 1  # needs the eval extra: one line\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "o.wav").is_file()
+    assert "pip install 'waveflow[eval]'" in result.stderr

@@ -145,8 +145,9 @@ class MelSpectrogram(nn.Module):
 def load_wav(path: str | Path, sample_rate: int = 22050) -> np.ndarray:
     """Read a wav as float32 mono in [-1, 1] at ``sample_rate``.
 
-    Stereo is averaged to mono and another rate is resampled with librosa; both are logged
-    so the user knows the file was not used as is.
+    Stereo is averaged to mono and another rate is resampled with soxr (quality HQ, the same
+    resampler as librosa's ``soxr_hq``); both are logged so the user knows the file was not
+    used as is.
     """
     import soundfile as sf
 
@@ -161,10 +162,10 @@ def load_wav(path: str | Path, sample_rate: int = 22050) -> np.ndarray:
     else:
         audio = audio[:, 0]
     if sr != sample_rate:
-        import librosa
+        import soxr
 
         log.warning("%s: resampled from %d Hz to %d Hz", path, sr, sample_rate)
-        audio = librosa.resample(audio, orig_sr=sr, target_sr=sample_rate, res_type="soxr_hq").astype(np.float32)
+        audio = soxr.resample(audio, sr, sample_rate, quality="HQ").astype(np.float32)
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 

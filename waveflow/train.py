@@ -460,6 +460,10 @@ def prepare_run_folder(out: Path, cfg: Config, resume: bool, force: bool) -> Pat
 
 
 def run(args: argparse.Namespace) -> None:
+    try:
+        import tensorboard  # noqa: F401  (SummaryWriter needs it; checked before the run folder is touched)
+    except ImportError:
+        raise TrainError("waveflow train writes TensorBoard logs: pip install 'waveflow[train]'") from None
     cfg = build_config(args.config, args.overrides)
     out = Path(args.out)
     ctx = Dist(args.device)
