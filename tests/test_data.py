@@ -124,3 +124,40 @@ def test_ranks_share_no_clip_within_an_epoch_and_together_equal_one_process(tmp_
         assert np.array_equal(merged, one[step].numpy())
     epoch = [i for step in range(2) for r in ranks for i in r.clip_indices(step)]
     assert sorted(epoch) == list(range(8))
+
+
+def test_a_corpus_with_bad_clips_is_prepared_with_every_skip_explained(tmp_path, mini_corpus, capsys):
+    import json
+    import shutil
+
+    import soundfile as sf
+
+    from waveflow.cli import main
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(mini_corpus, corpus)
+    wavs = corpus / "wavs"
+    tone = np.sin(np.arange(22050) / 10).astype(np.float32) * 0.3
+    sf.write(wavs / "LJ999-0001.wav", np.stack([tone, tone], 1), 22050)  # stereo
+    sf.write(wavs / "LJ999-0002.wav", tone, 44100)  # another rate
+    sf.write(wavs / "LJ999-0003.wav", tone, 22050, subtype="PCM_U8")  # 8-bit: usable
+    sf.write(wavs / "LJ999-0004.wav", np.zeros(0, np.float32), 22050)  # zero-length
+    (wavs / "LJ999-0005.wav").write_bytes(np.random.default_rng(0).bytes(5000))  # not audio
+    lines = [f"LJ999-000{i}|text|text" for i in range(1, 7)] + ["LJ001-0001|again|again"]  # 6: no wav
+    with open(corpus / "metadata.csv", "a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    assert main(["prepare", "--data", str(corpus), "--out", str(tmp_path / "prep"), "--no-progress"]) == 0
+    skipped = json.loads((tmp_path / "prep" / "prepared.json").read_text())["skipped"]
+    assert skipped["LJ999-0001"] == "2 channels, expected mono"
+    assert skipped["LJ999-0002"] == "44100 Hz, expected 22050"
+    assert "LJ999-0003" not in skipped  # 8-bit PCM reads as float
+    assert skipped["LJ999-0004"] == "silent"
+    assert skipped["LJ999-0005"].startswith("unreadable")
+    assert skipped["LJ999-0006"] == "missing"
+    assert skipped["LJ001-0001 (again)"].startswith("duplicate id")
+    capsys.readouterr()
+    for bad, needle in ((b"../../x|t|t\n", "plain file id"), (b"LJ001-0001|\xff\xfe|t\n", "not UTF-8")):
+        (corpus / "metadata.csv").write_bytes(bad)
+        assert main(["prepare", "--data", str(corpus), "--out", str(tmp_path / "p2")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err

@@ -63,13 +63,24 @@ def read_metadata(corpus: Path) -> list[str]:
         raise DataError(f"{corpus}: no metadata.csv; expected an LJSpeech-1.1 folder (metadata.csv and wavs/)")
     if not wavs.is_dir():
         raise DataError(f"{corpus}: no wavs/ folder; expected an LJSpeech-1.1 folder (metadata.csv and wavs/)")
+    raw = metadata.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{metadata}:{line}: not UTF-8 (byte {exc.object[exc.start]:#04x}); LJSpeech's metadata is UTF-8"
+        ) from None
     ids = []
-    for n, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         clip_id = line.split("|", 1)[0].strip()
-        if not clip_id or "/" in clip_id:
-            raise DataError(f"{metadata}:{n}: expected 'id|text|normalized text', got {line[:60]!r}")
+        # an id names wavs/ID.wav: no separators or parent references, so nothing outside the corpus is read
+        if not clip_id or any(c in clip_id for c in "/\\") or clip_id.startswith(".") or "\x00" in clip_id:
+            raise DataError(
+                f"{metadata}:{n}: expected 'id|text|normalized text' with a plain file id, got {line[:60]!r}"
+            )
         ids.append(clip_id)
     if not ids:
         raise DataError(f"{metadata}: lists no clips")
@@ -138,6 +149,9 @@ def prepare(corpus: Path, out: Path, mel_cache: bool = False, progress: bool = T
     ids = read_metadata(corpus)
     usable, skipped = {}, {}
     for clip_id in tqdm(ids, desc="checking clips", unit="clip", disable=not (progress and sys.stderr.isatty())):
+        if clip_id in usable or clip_id in skipped:
+            skipped[f"{clip_id} (again)"] = "duplicate id in metadata.csv: the first line is used"
+            continue
         samples, reason = check_clip(corpus / "wavs" / f"{clip_id}.wav")
         if reason is None:
             usable[clip_id] = samples
