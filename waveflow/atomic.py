@@ -7,6 +7,7 @@ half written. The file gets the usual permissions (0666 less the umask), not the
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -32,7 +33,34 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        full = _disk_error(exc)
+        if full is not None:
+            raise WriteError(
+                full.errno, f"{path}: cannot write ({full.strerror}); the previous file, if any, is intact"
+            ) from None
         raise
+
+
+class WriteError(OSError):
+    """A file could not be written for lack of space or a read-only disk; nothing was changed."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def _disk_error(exc: BaseException) -> OSError | None:
+    """The out-of-space (or read-only) OSError behind ``exc``, if any: writers such as
+    torch.save's zip writer re-raise it as another exception type."""
+    seen = set()
+    while exc is not None and id(exc) not in seen and not isinstance(exc, WriteError):
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None

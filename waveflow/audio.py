@@ -12,6 +12,7 @@ or ``(batch, n_mels, frames)``, float32. ``preset="hifigan"`` (HiFi-GAN, VITS) p
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -186,5 +187,9 @@ def save_wav(path: str | Path, audio: np.ndarray | torch.Tensor, sample_rate: in
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise ValueError(f"{path}: output folder {directory} does not exist")
+    # Encode in memory, then write the bytes in one call: an out-of-space error then reaches
+    # atomic_open as such, instead of surfacing inside soundfile's I/O callbacks.
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, sample_rate, subtype="PCM_16", format="WAV")
     with atomic_open(path) as handle:
-        sf.write(handle, audio, sample_rate, subtype="PCM_16", format="WAV")
+        handle.write(buffer.getbuffer())

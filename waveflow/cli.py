@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 from waveflow import __version__
+from waveflow.atomic import WriteError
 
 log = logging.getLogger("waveflow")
 
@@ -231,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         args.func(args)
-    except (CLIError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+    except (CLIError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError, WriteError) as exc:
         print(f"waveflow {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
