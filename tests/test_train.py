@@ -212,3 +212,21 @@ def test_bf16_autocast_on_the_cpu_runs_the_mixed_precision_path(tmp_path, prepar
     fp16 = ["--config", _config(tmp_path), "--device", "cpu", "--set", "train.precision=fp16"]
     assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "x"), *fp16]) == 1
     assert "needs a CUDA device" in capsys.readouterr().err
+
+
+def test_tensorboard_has_config_ground_truth_audio_colour_mels_and_dev_mel_l1(tmp_path, prepared):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    args = ["--set", "train.max_steps=2", "--set", "train.eval_every=2", "--set", "train.eval_audio_clips=1"]
+    assert _train(tmp_path, prepared, out, *args) == 0
+    events = EventAccumulator(str(out / "tb"), size_guidance={"images": 0, "audio": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"dev/audio_0", "dev/audio_0_ground_truth"} <= set(tags["audio"])
+    assert "dev/mel_0_original_top" in tags["images"]
+    assert [e.step for e in events.Scalars("dev/mel_l1_0")] == [0, 2]
+    assert "config/text_summary" in tags["tensors"]
+    image = events.Images("dev/mel_0_original_top")[-1]
+    assert image.height == 2 * 80 + 2  # original, a white rule, resynthesis
+    assert "mel-l1_0" in (out / "train.log").read_text()

@@ -165,12 +165,34 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# A dark-to-bright colour ramp (black, purple, red, orange, pale yellow), as mel plots use.
+_RAMP = torch.tensor(
+    [
+        [0.0, 0.0, 0.02],
+        [0.23, 0.06, 0.44],
+        [0.55, 0.16, 0.51],
+        [0.87, 0.29, 0.39],
+        [0.99, 0.64, 0.36],
+        [0.99, 0.99, 0.75],
+    ]
+)
+
+
 def mel_image(original: torch.Tensor, resynth: torch.Tensor) -> torch.Tensor:
-    """Two log-mels ``(n_mels, F)`` stacked (original on top), low bands at the bottom, in [0, 1]."""
+    """Two log-mels ``(n_mels, F)`` stacked (original on top, low bands at the bottom of each),
+    one colour scale for both, as an RGB image ``(3, 2 * n_mels + 2, F)`` in [0, 1] with a white
+    rule between them."""
     frames = min(original.shape[1], resynth.shape[1])
-    both = torch.cat([original[:, :frames].flip(0), resynth[:, :frames].flip(0)], dim=0)
-    lo, hi = both.min(), both.max()
-    return ((both - lo) / (hi - lo).clamp_min(1e-8)).cpu()
+    a, b = original[:, :frames].flip(0).float().cpu(), resynth[:, :frames].flip(0).float().cpu()
+    lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
+    rule = torch.full((2, frames), math.inf)  # drawn white
+    level = (torch.cat([a, rule, b]) - lo) / max(float(hi - lo), 1e-8)
+    pos = level.clamp(0, 1) * (len(_RAMP) - 1)
+    i = pos.floor().long().clamp(max=len(_RAMP) - 2)
+    t = (pos - i).unsqueeze(-1)
+    rgb = _RAMP[i] * (1 - t) + _RAMP[i + 1] * t
+    rgb[torch.isinf(level)] = 1.0
+    return rgb.permute(2, 0, 1)
 
 
 # ------------------------------------------------------------------ trainer
@@ -294,14 +316,21 @@ class Trainer:
                 mel = self.mel_fn(audio)
                 gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed + i)
                 synth = model.infer(mel, sigma=cfg.train.eval_sigma, generator=gen).clamp(-1, 1)
-                self.writer.add_audio(f"dev/audio_{i}", synth[0].cpu(), self.step, sample_rate=cfg.mel.sample_rate)
-                image = mel_image(mel[0], self.mel_fn(synth)[0])
-                self.writer.add_image(f"dev/mel_{i}_original_top", image, self.step, dataformats="HW")
+                rate = cfg.mel.sample_rate
+                self.writer.add_audio(f"dev/audio_{i}", synth[0].cpu(), self.step, sample_rate=rate)
+                self.writer.add_audio(f"dev/audio_{i}_ground_truth", audio[0].cpu(), self.step, sample_rate=rate)
+                synth_mel = self.mel_fn(synth)
+                frames = min(mel.shape[2], synth_mel.shape[2])
+                mel_l1 = float((mel[..., :frames] - synth_mel[..., :frames]).abs().mean())
+                self.writer.add_scalar(f"dev/mel_l1_{i}", mel_l1, self.step)
+                result[f"mel_l1_{i}"] = mel_l1
+                self.writer.add_image(f"dev/mel_{i}_original_top", mel_image(mel[0], synth_mel[0]), self.step)
         model.train()
         return result
 
     def after_eval(self, dev: dict[str, float]) -> None:
-        log.info(f"step {self.step}: dev NLL {dev['nll_nats']:.4f} nats/sample ({dev['nll_bits']:.4f} bits)")
+        quality = "".join(f", {k.replace('_', '-', 1)} {v:.3f}" for k, v in dev.items() if k.startswith("mel_l1"))
+        log.info(f"step {self.step}: dev NLL {dev['nll_nats']:.4f} nats/sample ({dev['nll_bits']:.4f} bits){quality}")
         if self.writer is not None:
             self.writer.add_scalar("dev/nll_nats", dev["nll_nats"], self.step)
             self.writer.add_scalar("dev/nll_bits", dev["nll_bits"], self.step)
@@ -336,6 +365,9 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out / "tb"))
+            import yaml
+
+            self.writer.add_text("config", "```\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False) + "```", self.step)
             log.info(
                 f"training {cfg.preset} ({self.model.num_parameters() / 1e6:.1f} M parameters) on "
                 f"{ctx.world_size} x {self.device.type}, {self.precision}; {len(self.train_clips)} train clips "
