@@ -64,6 +64,20 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_ma
     return weights
 
 
+class DeviceConstants:
+    """Named constant tensors kept off a module's buffers, so that ``.half()`` or ``.to(dtype)``
+    on an enclosing model never degrades them; ``get`` copies them once per device."""
+
+    def __init__(self, **tensors: torch.Tensor) -> None:
+        self._cpu = tensors
+        self._on_device: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+    def get(self, name: str, device: torch.device) -> torch.Tensor:
+        if device not in self._on_device:
+            self._on_device[device] = {k: v.to(device) for k, v in self._cpu.items()}
+        return self._on_device[device][name]
+
+
 class MelSpectrogram(nn.Module):
     """Waveform ``(B, T)`` or ``(T,)`` in [-1, 1] -> log-mel ``(B, n_mels, frames)``, float32.
 
@@ -78,14 +92,10 @@ class MelSpectrogram(nn.Module):
         # Window and filterbank are float64 constants kept off the module's buffers, so that
         # .half() or .to(dtype) on an enclosing model never degrades them; a copy per device is
         # made on first use.
-        self._window = torch.hann_window(cfg.win_length, periodic=True, dtype=torch.float64)
-        self._basis = torch.from_numpy(mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max))
-        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if device not in self._on_device:
-            self._on_device[device] = (self._window.to(device), self._basis.to(device))
-        return self._on_device[device]
+        self._consts = DeviceConstants(
+            window=torch.hann_window(cfg.win_length, periodic=True, dtype=torch.float64),
+            basis=torch.from_numpy(mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max)),
+        )
 
     @property
     def hop_length(self) -> int:
@@ -100,7 +110,7 @@ class MelSpectrogram(nn.Module):
     def magnitude(self, audio: torch.Tensor) -> torch.Tensor:
         """Linear magnitude spectrogram ``(B, n_fft // 2 + 1, frames)``."""
         cfg = self.cfg
-        window, _ = self._constants(audio.device)
+        window = self._consts.get("window", audio.device)
         if cfg.preset == "hifigan":
             pad = (cfg.n_fft - cfg.hop_length) // 2
             audio = F.pad(audio.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
@@ -138,7 +148,7 @@ class MelSpectrogram(nn.Module):
         # is negligible next to the vocoder.
         with torch.autocast(device_type=audio.device.type, enabled=False):
             mag = self.magnitude(audio.double())
-            mel = torch.matmul(self._constants(audio.device)[1], mag)
+            mel = torch.matmul(self._consts.get("basis", audio.device), mag)
             mel = torch.log(torch.clamp(mel, min=self.cfg.clamp_min)).float()
         return mel.squeeze(0) if squeeze else mel
 

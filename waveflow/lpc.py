@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from waveflow.audio import mel_filterbank
+from waveflow.audio import DeviceConstants, mel_filterbank
 
 LOG_MEL_RANGE = (math.log(1e-5), 6.0)  # the convention's floor; a full-scale square wave reaches 2.5
 FILL_BINS = 8  # bins below f_max whose mean fills the bins above it
@@ -84,18 +84,12 @@ class LinearPrediction(nn.Module):
         j = np.arange(n_bins)[:, None]
         weight = np.where((j == 0) | (j == n_fft // 2), 1.0, 2.0) / n_fft
         cos = weight * np.cos(2 * np.pi * j * k / n_fft)  # (bins, p + 1)
-        self._consts = {
-            "pinv": torch.from_numpy(np.linalg.pinv(basis)[: top + 1]),  # (bins up to f_max, n_mels)
-            "cos": torch.from_numpy(cos[: top + 1].T.copy()),  # (p + 1, bins up to f_max)
-            "cos_above": torch.from_numpy(cos[top + 1 :].sum(axis=0)[:, None]),  # (p + 1, 1)
-        }
+        self._consts = DeviceConstants(
+            pinv=torch.from_numpy(np.linalg.pinv(basis)[: top + 1]),  # (bins up to f_max, n_mels)
+            cos=torch.from_numpy(cos[: top + 1].T.copy()),  # (p + 1, bins up to f_max)
+            cos_above=torch.from_numpy(cos[top + 1 :].sum(axis=0)[:, None]),  # (p + 1, 1)
+        )
         self._window_power = float(window.square().sum())
-        self._on_device: dict[torch.device, dict[str, torch.Tensor]] = {}
-
-    def _const(self, name: str, device: torch.device) -> torch.Tensor:
-        if device not in self._on_device:
-            self._on_device[device] = {k: v.to(device) for k, v in self._consts.items()}
-        return self._on_device[device][name]
 
     # ------------------------------------------------------------ coefficients
     def coefficients(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,11 +98,11 @@ class LinearPrediction(nn.Module):
             # float64 throughout: in float32 the matmuls' rounding depends on how many frames are in
             # the batch, and streaming must compute a window's coefficients exactly as offline does.
             lin = torch.exp(mel.double().clamp(*LOG_MEL_RANGE))
-            mag = torch.matmul(self._const("pinv", mel.device), lin).clamp_(min=1e-6)  # (B, bins <= f_max, F)
+            mag = torch.matmul(self._consts.get("pinv", mel.device), lin).clamp_(min=1e-6)  # (B, bins <= f_max, F)
             fill = mag[:, -FILL_BINS:].mean(dim=1)  # (B, F): the magnitude of every bin above f_max
             # r = irfft(power)[: p + 1], the bins above f_max (all equal to fill) in one column sum
-            r = torch.matmul(self._const("cos", mel.device), mag.square_())  # (B, p + 1, F)
-            r = r + fill.square().unsqueeze(1) * self._const("cos_above", mel.device)
+            r = torch.matmul(self._consts.get("cos", mel.device), mag.square_())  # (B, p + 1, F)
+            r = r + fill.square().unsqueeze(1) * self._consts.get("cos_above", mel.device)
             r = r.transpose(1, 2)  # (B, F, p + 1)
             r = torch.cat([r[..., :1] * (1.0 + self.noise_floor), r[..., 1:]], dim=-1)
             a, err = levinson(r, self.order)

@@ -33,16 +33,17 @@ from waveflow.pitch import MelPitch
 
 
 class WaveGlow(nn.Module):
-    """``mel``: the mel convention, needed by linear prediction (``cfg.lpc_order > 0``) only."""
+    """``mel``: the mel convention, used by linear prediction and pitch features only
+    (default: WaveGlow's, with the model's bands and hop)."""
 
     def __init__(self, cfg: ModelConfig | None = None, mel: MelConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or ModelConfig()
         cfg.validate()
         self._composed: list[ComposedConditioning] | None = None
+        mel = mel or MelConfig(n_mels=cfg.n_mels, hop_length=cfg.hop_length)
         self.lpc: LinearPrediction | None = None
         if cfg.lpc_order:
-            mel = mel or MelConfig(n_mels=cfg.n_mels, hop_length=cfg.hop_length)
             if (mel.n_mels, mel.hop_length) != (cfg.n_mels, cfg.hop_length):
                 raise ValueError(
                     f"mel convention ({mel.n_mels} mels, hop {mel.hop_length}) does not match the model "
@@ -62,7 +63,6 @@ class WaveGlow(nn.Module):
             )
         self.pitch: MelPitch | None = None
         if cfg.pitch_features:
-            mel = mel or MelConfig(n_mels=cfg.n_mels, hop_length=cfg.hop_length)
             self.pitch = MelPitch(mel.n_mels, mel.sample_rate, mel.n_fft, mel.f_min, mel.f_max)
         inputs = cfg.cond_inputs
         self.upsample = nn.ConvTranspose1d(inputs, inputs, cfg.upsample_kernel, stride=cfg.upsample_stride)

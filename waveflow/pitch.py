@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from waveflow.audio import mel_filterbank
+from waveflow.audio import DeviceConstants, mel_filterbank
+from waveflow.lpc import LOG_MEL_RANGE
 
 BAND_HZ = (65.0, 1500.0)
 PERIODS = (40, 320)  # samples
 SMOOTH_BINS = 9
 REFERENCE_HZ = 200.0
-N_FEATURES = 2
 
 
 class MelPitch(nn.Module):
@@ -50,25 +50,21 @@ class MelPitch(nn.Module):
         # runtimes have no float64 pooling.
         n = hi - lo
         near = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :]) <= SMOOTH_BINS // 2
-        self._consts = {
-            "smooth": torch.from_numpy(near / near.sum(1, keepdims=True)).T.contiguous(),  # (bins, bins)
-            "pinv": torch.from_numpy(np.linalg.pinv(basis)[lo:hi]),  # (band bins, n_mels)
-            "comb": torch.from_numpy(np.cos(2 * np.pi * k * periods / n_fft)),  # (band bins, periods)
-        }
-        self._on_device: dict[torch.device, dict[str, torch.Tensor]] = {}
-
-    def _const(self, name: str, device: torch.device) -> torch.Tensor:
-        if device not in self._on_device:
-            self._on_device[device] = {k: v.to(device) for k, v in self._consts.items()}
-        return self._on_device[device][name]
+        self._consts = DeviceConstants(
+            smooth=torch.from_numpy(near / near.sum(1, keepdims=True)).T.contiguous(),  # (bins, bins)
+            pinv=torch.from_numpy(np.linalg.pinv(basis)[lo:hi]),  # (band bins, n_mels)
+            comb=torch.from_numpy(np.cos(2 * np.pi * k * periods / n_fft)),  # (band bins, periods)
+        )
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=mel.device.type, enabled=False):
-            lin = torch.exp(mel.double().clamp(math.log(1e-5), 6.0))
-            band = torch.matmul(self._const("pinv", mel.device), lin).clamp(min=1e-6).transpose(1, 2)  # (B, F, bins)
-            envelope = torch.matmul(band, self._const("smooth", mel.device))
+            lin = torch.exp(mel.double().clamp(*LOG_MEL_RANGE))
+            band = (
+                torch.matmul(self._consts.get("pinv", mel.device), lin).clamp(min=1e-6).transpose(1, 2)
+            )  # (B, F, bins)
+            envelope = torch.matmul(band, self._consts.get("smooth", mel.device))
             ripple = (band / envelope).clamp(max=10.0) - 1.0
-            comb = self._const("comb", mel.device)
+            comb = self._consts.get("comb", mel.device)
             corr = torch.matmul(ripple, comb)  # (B, F, periods)
             norms = ripple.square().sum(-1, keepdim=True).sqrt() * comb.square().sum(0).sqrt()
             rho = corr / norms.clamp(min=1e-9)  # cosine similarity of the ripple and the comb, in [-1, 1]

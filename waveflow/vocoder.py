@@ -140,8 +140,7 @@ class Vocoder:
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device cuda requested but CUDA is not available")
         model, cfg, extra = load_checkpoint(path, "cpu")
-        if str(extra.get("source", "")).startswith("nvidia:"):  # written by `waveflow convert-nvidia`
-            kwargs.setdefault("denoise_mode", "nvidia")
+        kwargs.setdefault("denoise_mode", _denoise_mode_for(extra))
         return cls(model, cfg, device=device, half=half, **kwargs)
 
     @classmethod
@@ -156,8 +155,7 @@ class Vocoder:
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device cuda requested but CUDA is not available")
         model, cfg, card = load_pretrained(path_or_repo_id)
-        if str(card.get("source", "")).startswith("nvidia:"):
-            kwargs.setdefault("denoise_mode", "nvidia")
+        kwargs.setdefault("denoise_mode", _denoise_mode_for(card))
         return cls(model, cfg, device=device, half=half, **kwargs)
 
     @classmethod
@@ -353,6 +351,12 @@ class Vocoder:
 
             self._denoiser = Denoiser(self, mode=self.denoise_mode)
         return self._denoiser
+
+
+def _denoise_mode_for(info: dict) -> str:
+    """NVIDIA's bias rule for weights converted from NVIDIA (``source: "nvidia:..."``, written by
+    ``waveflow convert-nvidia``), waveflow's for everything else."""
+    return "nvidia" if str(info.get("source", "")).startswith("nvidia:") else "waveflow"
 
 
 def load_vocoder(checkpoint: str | Path | None, device: str = "cpu", half: bool = False) -> Vocoder:
