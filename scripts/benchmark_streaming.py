@@ -42,7 +42,7 @@ def main() -> None:
     seconds = mel.shape[1] * voc.hop_length / voc.sample_rate
     voc(mel[:, :20], seed=args.seed)  # warm-up
     t0 = time.perf_counter()
-    offline = voc(mel, seed=args.seed)[0]
+    offline = voc(mel, seed=args.seed)
     offline_s = time.perf_counter() - t0
     print(f"clip {args.clip}: {mel.shape[1]} frames ({seconds:.2f} s), device {args.device}")
     print(f"offline: real-time factor {offline_s / seconds:.3f}")

@@ -32,7 +32,7 @@ def test_four_processes_into_one_folder_leave_every_wav_whole(tmp_path):
     voc = tiny_vocoder()
     for i in range(3):
         audio, sr = sf.read(out / f"clip{i}.wav", dtype="float32")  # whole: a complete, readable wav
-        expected = voc(random_mel(6 + 4 * i, seed=i).numpy(), seed=7)[0]
+        expected = voc(random_mel(6 + 4 * i, seed=i).numpy(), seed=7)
         assert sr == 22050 and audio.shape == expected.shape
         np.testing.assert_allclose(audio, np.clip(expected, -1, 1), atol=1 / 32768 + 1e-6)  # 16-bit PCM
     assert sorted(p.name for p in out.iterdir()) == ["clip0.wav", "clip1.wav", "clip2.wav"]  # no temp files left

@@ -12,7 +12,7 @@ from waveflow.denoiser import BIAS_FRAMES, Denoiser
 
 def test_bias_is_the_mean_magnitude_of_synthesized_silence():
     voc = tiny_vocoder()
-    silence = voc(torch.full((80, BIAS_FRAMES), voc.silence), sigma=0.0, seed=0)[0].double().numpy()
+    silence = voc(torch.full((80, BIAS_FRAMES), voc.silence), sigma=0.0, seed=0).double().numpy()
     # brute force: Hann-windowed frames of the reflect-padded signal, FFT, magnitude
     padded = np.pad(silence, 512, mode="reflect")
     window = np.hanning(1025)[:-1]

@@ -38,7 +38,7 @@ def assert_no_boundary_jump(streamed: torch.Tensor, offline: torch.Tensor, bound
 def test_streamed_equals_offline_with_default_context(chunk):
     voc = tiny_vocoder()
     mel = random_mel(24, seed=1)
-    offline = voc(mel, seed=9)[0]
+    offline = voc(mel, seed=9)
     stream = StreamingVocoder(voc, seed=9)
     streamed, bounds = stream_all(stream, mel, chunk)
     assert streamed.shape == offline.shape
@@ -49,7 +49,7 @@ def test_streamed_equals_offline_with_default_context(chunk):
 def test_context_covering_the_receptive_field_is_exact_and_none_is_not():
     voc = tiny_vocoder()
     mel = random_mel(16, seed=2)
-    offline = voc(mel, seed=1)[0]
+    offline = voc(mel, seed=1)
     exact, _ = stream_all(StreamingVocoder(voc, seed=1, lookahead=2, lookback=4), mel, 4)
     assert snr_db(offline, exact) > 80
     blind, _ = stream_all(StreamingVocoder(voc, seed=1, lookahead=0, lookback=0), mel, 4)
@@ -72,7 +72,7 @@ def test_latency_rtf_reset_and_misuse():
     with pytest.raises(ValueError, match="transpose"):
         stream.push(mel.T)
     again, _ = stream_all(stream, mel, 10)
-    torch.testing.assert_close(again, voc(mel, seed=0)[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(again, voc(mel, seed=0), atol=1e-5, rtol=1e-4)
     assert default_lookahead(voc) == 1
 
 
@@ -80,7 +80,7 @@ def test_streaming_a_real_clip_with_the_bundled_model(clip):
     voc = Vocoder.default()
     audio = load_wav(clip)[22050 : 22050 + 6000]
     mel = torch.from_numpy(voc.mel(audio))
-    offline = voc(mel, seed=4)[0]
+    offline = voc(mel, seed=4)
     streamed, bounds = stream_all(StreamingVocoder(voc, seed=4), mel, 10)
     assert snr_db(offline, streamed) >= 30
     assert_no_boundary_jump(streamed, offline, bounds)
@@ -92,7 +92,7 @@ def test_numpy_chunks_give_numpy_audio_like_the_vocoder():
     stream = StreamingVocoder(voc, seed=3, lookahead=2, lookback=4)
     pieces = [stream.push(mel[:, i : i + 5]) for i in range(0, 12, 5)] + [stream.flush()]
     assert all(isinstance(p, np.ndarray) and p.dtype == np.float32 for p in pieces)
-    offline = voc(mel, seed=3)[0]
+    offline = voc(mel, seed=3)
     assert isinstance(offline, np.ndarray)
     assert snr_db(offline, np.concatenate(pieces)) > 80
     assert list(StreamingVocoder(voc, seed=3).stream([mel[:, :6], mel[:, 6:]]))[-1].dtype == np.float32
@@ -107,7 +107,7 @@ def test_streaming_abuse_gets_clear_errors_or_documented_behaviour():
     with pytest.raises(ValueError, match="mel chunk"):
         stream.push(torch.randn(3, 80, 2))  # a batch is not a chunk
     uneven = [stream.push(mel[:, a:b]) for a, b in ((0, 1), (1, 2), (2, 7), (7, 10))] + [stream.flush()]
-    assert snr_db(voc(mel, seed=1)[0], torch.cat(uneven)) > 80  # the refused chunks left no trace
+    assert snr_db(voc(mel, seed=1), torch.cat(uneven)) > 80  # the refused chunks left no trace
     with pytest.raises(ValueError, match="already flushed"):
         stream.push(mel[:, :1])
     assert stream.flush().numel() == 0  # a second flush returns nothing

@@ -73,13 +73,31 @@ def test_shapes_types_and_properties():
     assert voc.silence == pytest.approx(math.log(1e-5))
     mel = random_mel(9)
     out = voc(mel.numpy(), seed=0)
-    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (1, 9 * HOP)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (9 * HOP,)  # one clip: 1-D
+    np.testing.assert_array_equal(out, voc(mel[None].numpy(), seed=0)[0])  # the same as a batch of one
     out = voc(random_mel(7, batch=3), seed=0)
     assert torch.is_tensor(out) and out.dtype == torch.float32 and out.shape == (3, 7 * HOP)
     assert out.device == mel.device and torch.isfinite(out).all()
     clips = voc([random_mel(5).numpy(), random_mel(12)], seed=0)
     assert isinstance(clips[0], np.ndarray) and clips[0].shape == (5 * HOP,)
     assert torch.is_tensor(clips[1]) and clips[1].shape == (12 * HOP,)
+
+
+def test_time_major_mels_are_transposed_only_when_asked():
+    voc = tiny_vocoder()
+    mels = random_mel(11, batch=2)
+    expected = voc(mels, seed=3)
+    torch.testing.assert_close(voc(mels.transpose(1, 2), seed=3, time_major=True), expected, rtol=0, atol=0)
+    one = mels[1].numpy()
+    np.testing.assert_array_equal(voc(one.T, seed=3, time_major=True), voc(one, seed=3))
+    listed = voc([mels[0].T, mels[1, :, :5].T], seed=3, time_major=True)
+    torch.testing.assert_close(listed, voc([mels[0], mels[1, :, :5]], seed=3), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="time_major=True"):  # a shape that fits neither layout is named as such
+        voc(torch.zeros(2, 80, 11), time_major=True)
+    with pytest.raises(ValueError, match="pass time_major=True"):  # never guessed: the error says how
+        voc(mels.transpose(1, 2))
+    with pytest.raises(ValueError, match="single clip"):
+        voc(mels[0], lengths=[5])
 
 
 def test_weight_norm_is_folded_and_the_model_is_in_eval_mode():
@@ -102,7 +120,7 @@ def test_output_is_the_model_inverse_of_positional_noise_on_the_padded_mel():
     z = positional_noise(5, 0, steps, cfg.model.n_group)[None] * 0.6
     with torch.no_grad():
         expected = reference.infer(padded, z=z, length=13 * HOP)[:, : 10 * HOP]
-    torch.testing.assert_close(voc(mel, seed=5, sigma=0.6), expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(voc(mel, seed=5, sigma=0.6), expected[0], atol=1e-5, rtol=1e-4)
 
 
 # ------------------------------------------------------------ determinism
@@ -123,11 +141,11 @@ def test_batched_clips_of_different_lengths_equal_one_by_one():
     mels = [random_mel(n, seed=n) for n in (3, 17, 9, 1)]
     batched = voc(mels, seed=2)
     for mel, out in zip(mels, batched, strict=False):
-        alone = voc(mel, seed=2)[0]
+        alone = voc(mel, seed=2)
         assert out.shape == (mel.shape[1] * HOP,)
         torch.testing.assert_close(out, alone, atol=1e-5, rtol=1e-4)
     stacked = voc(torch.stack([mels[1], mels[1] + 0.5]), seed=2)
-    torch.testing.assert_close(stacked[1], voc(mels[1] + 0.5, seed=2)[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(stacked[1], voc(mels[1] + 0.5, seed=2), atol=1e-5, rtol=1e-4)
 
 
 def test_denoise_changes_the_output_but_not_its_shape():
@@ -136,7 +154,7 @@ def test_denoise_changes_the_output_but_not_its_shape():
     plain, cleaned = voc(mel, seed=0), voc(mel, seed=0, denoise=0.5)
     assert cleaned.shape == plain.shape and not torch.allclose(plain, cleaned)
     batched = voc([mel, random_mel(20)], seed=0, denoise=0.5)
-    torch.testing.assert_close(batched[0], cleaned[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(batched[0], cleaned, atol=1e-5, rtol=1e-4)
 
 
 # ---------------------------------------------------------------- bad input
@@ -229,8 +247,8 @@ def test_bundled_model_shapes_determinism_and_mel(clip):
     out = voc([mel, short], seed=0)
     assert out[0].shape == (mel.shape[1] * HOP,) and out[1].shape == (10 * HOP,)
     assert np.isfinite(out[0]).all() and np.abs(out[0]).max() > 0
-    np.testing.assert_allclose(out[1], voc(short, seed=0)[0], atol=1e-5)
-    np.testing.assert_allclose(out[0], voc(mel, seed=0)[0], atol=1e-5)
+    np.testing.assert_allclose(out[1], voc(short, seed=0), atol=1e-5)
+    np.testing.assert_allclose(out[0], voc(mel, seed=0), atol=1e-5)
 
 
 @pytest.mark.parametrize("n_layers", [2, 4])
@@ -244,7 +262,7 @@ def test_a_mel_frame_reaches_no_further_than_the_receptive_field(n_layers):
     mel = random_mel(40, seed=3)
     changed = mel.clone()
     changed[:, 20] += 3.0
-    moved = (voc(changed, seed=0)[0] - voc(mel, seed=0)[0]).abs() > 1e-6
+    moved = (voc(changed, seed=0) - voc(mel, seed=0)).abs() > 1e-6
     lo, hi = (20 - rf) * HOP, 20 * HOP + model.cfg.upsample_kernel + rf * HOP
     assert moved.any() and not moved[:lo].any() and not moved[hi:].any()
 

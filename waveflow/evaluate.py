@@ -125,7 +125,7 @@ def silence_rms(voc, sigma: float | None = None, seed: int = 0, seconds: float =
     """RMS of the audio for an all-silence mel (every band at the log floor): the model's hiss."""
     frames = max(1, round(seconds * voc.sample_rate / voc.hop_length))
     mel = np.full((voc.n_mels, frames), voc.silence, dtype=np.float32)
-    audio = voc(mel, sigma=sigma, seed=seed)[0]
+    audio = voc(mel, sigma=sigma, seed=seed)
     return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
 
 
@@ -161,7 +161,7 @@ def evaluate(voc, clips: list[Path], sigma: float | None = None, seed: int = 0, 
         mel = voc.mel(audio)
         row = {"clip": path.stem, "seconds": len(audio) / voc.sample_rate}
         t0 = time.perf_counter()
-        out = voc(mel, sigma=sigma, seed=seed)[0]
+        out = voc(mel, sigma=sigma, seed=seed)
         row["synthesis_s"] = time.perf_counter() - t0
         row["waveflow"] = quality(audio, out, voc.sample_rate, voc.mel)
         row["waveflow"]["nll_nats"], row["waveflow"]["nll_bits"] = nll(voc, audio, mel)

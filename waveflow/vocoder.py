@@ -1,7 +1,7 @@
 """The inference API: one object that turns log-mels into audio.
 
     voc = Vocoder.default()                       # the bundled model
-    audio = voc(mel)                              # mel (n_mels, T) or (B, n_mels, T) -> (B, T * hop)
+    audio = voc(mel)                              # mel (n_mels, T) -> (T * hop,); (B, n_mels, T) -> (B, T * hop)
     voc.mel(audio)                                # the mel of the convention the model was trained on
 
 Noise is tied to absolute sample position: z at group-step t comes from a block of
@@ -68,11 +68,13 @@ def receptive_field_frames(model: WaveGlow) -> int:
     return math.ceil(steps * cfg.n_group / cfg.hop_length)
 
 
-def check_mel(mel: MelLike, n_mels: int, name: str = "mel") -> torch.Tensor:
+def check_mel(mel: MelLike, n_mels: int, name: str = "mel", time_major: bool = False) -> torch.Tensor:
     """Validate a mel and return it as a float32 tensor ``(B, n_mels, T)`` (same device).
 
-    Raises ValueError naming ``name`` for a wrong shape (time-major arrays are named as such),
-    zero frames or NaN/Inf; warns when the values look like a linear, not log, mel.
+    ``time_major``: the mel comes as ``(T, n_mels)`` or ``(B, T, n_mels)`` (as some TTS front
+    ends emit it) and is transposed; it is never guessed from the shape. Raises ValueError
+    naming ``name`` for a wrong shape (time-major arrays are named as such), zero frames or
+    NaN/Inf; warns when the values look like a linear, not log, mel.
     """
     if isinstance(mel, np.ndarray):
         if not np.issubdtype(mel.dtype, np.floating) and not np.issubdtype(mel.dtype, np.integer):
@@ -81,10 +83,16 @@ def check_mel(mel: MelLike, n_mels: int, name: str = "mel") -> torch.Tensor:
     elif not torch.is_tensor(mel):
         raise ValueError(f"{name}: got {type(mel).__name__}; expected a numpy array or tensor ({n_mels}, frames)")
     shape = tuple(mel.shape)
-    if mel.dim() not in (2, 3) or mel.shape[-2] != n_mels:
+    if time_major:
+        if mel.dim() not in (2, 3) or mel.shape[-1] != n_mels:
+            raise ValueError(
+                f"{name}: shape {shape}; with time_major=True expected (frames, {n_mels}) or (batch, frames, {n_mels})"
+            )
+        mel = mel.transpose(-1, -2)
+    elif mel.dim() not in (2, 3) or mel.shape[-2] != n_mels:
         hint = ""
         if mel.dim() in (2, 3) and mel.shape[-1] == n_mels:
-            hint = " - it looks time-major (frames, n_mels): transpose it, e.g. mel.T or mel.transpose(-1, -2)"
+            hint = " - it looks time-major (frames, n_mels): pass time_major=True or transpose it"
         raise ValueError(f"{name}: shape {shape}; expected ({n_mels}, frames) or (batch, {n_mels}, frames){hint}")
     if mel.shape[-1] == 0 or mel.numel() == 0:
         raise ValueError(f"{name}: shape {shape} has zero frames; expected at least one")
@@ -99,6 +107,11 @@ def check_mel(mel: MelLike, n_mels: int, name: str = "mel") -> torch.Tensor:
             float(mel.max()),
         )
     return mel if mel.dim() == 3 else mel.unsqueeze(0)
+
+
+def batch_dims(mel: MelLike) -> int:
+    """The number of dimensions of a numpy array or tensor."""
+    return mel.ndim if isinstance(mel, np.ndarray) else mel.dim()
 
 
 class Vocoder:
@@ -261,12 +274,14 @@ class Vocoder:
         generator: torch.Generator | None = None,
         denoise: float = 0.0,
         lengths: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+        time_major: bool = False,
     ) -> MelLike | list[MelLike] | tuple[MelLike, MelLike]:
         """Synthesize audio.
 
-        mel: ``(n_mels, T)`` or ``(B, n_mels, T)`` numpy array or tensor -> audio ``(B, T * hop)``
-        float32 (numpy for numpy input, else a tensor on the mel's device); a list of mels of
-        any lengths -> a list of audio ``(T_i * hop,)``, synthesized as one padded batch.
+        mel: ``(B, n_mels, T)`` numpy array or tensor -> audio ``(B, T * hop)`` float32 (numpy
+        for numpy input, else a tensor on the mel's device); one mel ``(n_mels, T)`` -> ``(T * hop,)``;
+        a list of mels of any lengths -> a list of audio ``(T_i * hop,)``, synthesized as one
+        padded batch. ``time_major=True``: the mels come as ``(T, n_mels)`` / ``(B, T, n_mels)``.
         ``seed`` fixes z (see the module docstring); without it a seed is drawn from
         ``generator`` or torch's global RNG. ``denoise``: bias-removal strength (0: off).
         ``sigma``: the std of z; None takes the checkpoint's (``Vocoder.sigma``).
@@ -280,10 +295,12 @@ class Vocoder:
         if isinstance(mel, (list, tuple)):
             if lengths is not None:
                 raise ValueError("lengths= is for a padded batch array; a list already gives each mel its length")
-            return self._call_list(list(mel), sigma, seed, generator, denoise)
-        batch = check_mel(mel, self.n_mels)
+            return self._call_list(list(mel), sigma, seed, generator, denoise, time_major)
+        batch = check_mel(mel, self.n_mels, time_major=time_major)
         frames = [batch.shape[2]] * batch.shape[0]
         if lengths is not None:
+            if batch_dims(mel) == 2:
+                raise ValueError("lengths= is for a padded batch (B, n_mels, frames); this mel is a single clip")
             frames = self._check_lengths(lengths, batch.shape[0], batch.shape[2])
             batch = batch.clone()
             for i, f in enumerate(frames):
@@ -291,7 +308,7 @@ class Vocoder:
         out = self._synthesize(batch, frames, sigma, seed, generator, denoise)
         out = out.cpu().numpy() if isinstance(mel, np.ndarray) else out.to(mel.device)
         if lengths is None:
-            return out
+            return out[0] if batch_dims(mel) == 2 else out
         samples = [f * self.hop_length for f in frames]
         return out, (np.asarray(samples, dtype=np.int64) if isinstance(mel, np.ndarray) else torch.tensor(samples))
 
@@ -302,10 +319,10 @@ class Vocoder:
             raise ValueError(f"lengths {values!r}: expected {batch} integers in 1..{frames} (valid frames per mel)")
         return [int(v) for v in values]
 
-    def _call_list(self, mels, sigma, seed, generator, denoise) -> list[MelLike]:
+    def _call_list(self, mels, sigma, seed, generator, denoise, time_major) -> list[MelLike]:
         if not mels:
             return []
-        checked = [check_mel(m, self.n_mels, name=f"mel {i}") for i, m in enumerate(mels)]
+        checked = [check_mel(m, self.n_mels, name=f"mel {i}", time_major=time_major) for i, m in enumerate(mels)]
         for i, m in enumerate(checked):
             if m.shape[0] != 1:
                 raise ValueError(f"mel {i}: shape {tuple(mels[i].shape)}; a list holds single mels (n_mels, frames)")
