@@ -34,7 +34,9 @@ def _eager(model, mel, z):
         return model.infer(mel, z=z)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"lu": True, "actnorm": True}, {"lpc_order": 24, "pitch_features": True}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"lu": True, "actnorm": True}, {"lpc_order": 24, "pitch_features": True, "pulse_source": True}]
+)
 def test_torchscript_matches_eager(tmp_path, overrides):
     model = tiny_model(seed=1, **overrides).eval()
     path = tmp_path / "vocoder.ts"
@@ -48,7 +50,7 @@ def test_torchscript_matches_eager(tmp_path, overrides):
         torch.testing.assert_close(audio, _eager(model, mel, z), rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"lpc_order": 24, "pitch_features": True}])
+@pytest.mark.parametrize("overrides", [{}, {"lpc_order": 24, "pitch_features": True, "pulse_source": True}])
 def test_onnx_matches_eager(tmp_path, overrides):
     ort = _onnxruntime()
     model = tiny_model(seed=2, **overrides).eval()

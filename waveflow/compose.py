@@ -23,10 +23,11 @@ from waveflow.config import ModelConfig
 
 def can_compose(cfg: ModelConfig) -> bool:
     """Composition needs the sample-rate layout, an upsampler spanning whole frames, and the mel
-    alone as its input (no pitch features)."""
+    alone as its input (no pitch features, no pulse source)."""
     return (
         cfg.cond_rate == "sample"
         and not cfg.pitch_features
+        and not cfg.pulse_source
         and cfg.hop_length % cfg.n_group == 0
         and cfg.upsample_kernel % cfg.hop_length == 0
     )

@@ -88,6 +88,10 @@ class ModelConfig:
     # Two pitch features from the mel (waveflow.pitch: log F0 and periodicity per frame) join
     # the mel as conditioning, so that the couplings are told the period they must produce.
     pitch_features: bool = False
+    # A pulse source phase-locked to the voice (waveflow.source) joins the conditioning at the
+    # sample rate: in training from pulses picked in the LP residual, at synthesis free-running
+    # at the mel's period. Needs lpc_order > 0.
+    pulse_source: bool = False
 
     def validate(self) -> None:
         for name in ("n_mels", "n_flows", "n_group", "n_layers", "n_channels", "hop_length"):
@@ -100,6 +104,10 @@ class ModelConfig:
             f"model.lpc_order must be in 0..{self.hop_length - 1} (0 disables linear prediction)",
         )
         _check(self.cond_rate in ("sample", "group"), "model.cond_rate must be 'sample' or 'group'")
+        _check(
+            not self.pulse_source or self.lpc_order > 0,
+            "model.pulse_source picks its pulses in the LP residual: it needs model.lpc_order > 0",
+        )
         _check(
             self.cond_rate == "sample" or self.hop_length % self.n_group == 0,
             f"model.cond_rate 'group' needs n_group ({self.n_group}) to divide hop_length ({self.hop_length})",
@@ -127,9 +135,17 @@ class ModelConfig:
         return self.n_mels + (2 if self.pitch_features else 0)
 
     @property
+    def source_channels(self) -> int:
+        """Sample-rate channels of the pulse source (0 when off)."""
+        return 3 if self.pulse_source else 0
+
+    @property
     def cond_channels(self) -> int:
-        """Channels of the conditioning every coupling's WaveNet sees."""
-        return self.cond_inputs * self.n_group if self.cond_rate == "sample" else self.cond_inputs
+        """Channels of the conditioning every coupling's WaveNet sees: the upsampled mel (and
+        pitch features), then the pulse source, squeezed like the audio."""
+        if self.cond_rate == "sample":
+            return (self.cond_inputs + self.source_channels) * self.n_group
+        return self.cond_inputs + self.source_channels * self.n_group
 
     def early_output_at(self, k: int) -> bool:
         """Whether ``n_early_size`` channels leave the flow before flow ``k``."""

@@ -30,6 +30,7 @@ from waveflow.config import MelConfig, ModelConfig
 from waveflow.flows import FlowStep, squeeze, squeeze_cond, unsqueeze
 from waveflow.lpc import LinearPrediction
 from waveflow.pitch import MelPitch
+from waveflow.source import PulseSource
 
 
 class WaveGlow(nn.Module):
@@ -43,6 +44,8 @@ class WaveGlow(nn.Module):
         self._composed: list[ComposedConditioning] | None = None
         mel = mel or MelConfig(n_mels=cfg.n_mels, hop_length=cfg.hop_length)
         self.lpc: LinearPrediction | None = None
+        # centred frames (default) start half a hop early; hifigan's frame f is centred on f * hop + hop / 2
+        frame_offset = mel.hop_length // 2 if mel.preset == "default" else 0
         if cfg.lpc_order:
             if (mel.n_mels, mel.hop_length) != (cfg.n_mels, cfg.hop_length):
                 raise ValueError(
@@ -58,12 +61,16 @@ class WaveGlow(nn.Module):
                 hop_length=mel.hop_length,
                 f_min=mel.f_min,
                 f_max=mel.f_max,
-                # centred frames (default) start half a hop early; hifigan's frame f is centred on f * hop + hop / 2
-                frame_offset=mel.hop_length // 2 if mel.preset == "default" else 0,
+                frame_offset=frame_offset,
             )
         self.pitch: MelPitch | None = None
         if cfg.pitch_features:
             self.pitch = MelPitch(mel.n_mels, mel.sample_rate, mel.n_fft, mel.f_min, mel.f_max)
+        self.source: PulseSource | None = None
+        if cfg.pulse_source:
+            self.source = PulseSource(
+                mel.n_mels, mel.sample_rate, mel.n_fft, mel.hop_length, mel.f_min, mel.f_max, frame_offset
+            )
         inputs = cfg.cond_inputs
         self.upsample = nn.ConvTranspose1d(inputs, inputs, cfg.upsample_kernel, stride=cfg.upsample_stride)
         cond_channels = cfg.cond_channels
@@ -140,25 +147,41 @@ class WaveGlow(nn.Module):
         return steps if cfg.cond_rate == "sample" else steps * cfg.n_group
 
     # ------------------------------------------------------------ conditioning
-    def upsample_mel(self, mel: torch.Tensor, length: int) -> torch.Tensor:
+    def upsample_mel(
+        self, mel: torch.Tensor, length: int, phase: torch.Tensor | None = None, phase0: torch.Tensor | float = 0.0
+    ) -> torch.Tensor:
         """Mel ``(B, n_mels, F)`` -> conditioning ``(B, cond_channels, length / n_group)``.
 
         The transposed convolution gives ``(F - 1) * stride + upsample_kernel`` steps, trimmed
         to the steps needed (padded by repeating the last step if a configuration leaves it
-        short). At the sample rate the result is squeezed like the audio.
+        short). At the sample rate the result is squeezed like the audio. With a pulse source,
+        its channels follow, squeezed like the audio, at ``phase`` ``(B, length)`` (training) or
+        running free from ``phase0`` (synthesis).
         """
         steps = self._cond_steps(length)
+        inputs = mel
         if self.pitch is not None:
-            mel = torch.cat([mel, self.pitch(mel).to(mel.dtype)], dim=1)
-        up = self.upsample(mel)
+            inputs = torch.cat([mel, self.pitch(mel).to(mel.dtype)], dim=1)
+        up = self.upsample(inputs)
         if up.shape[2] < steps:
             up = torch.nn.functional.pad(up, (0, steps - up.shape[2]), mode="replicate")
         up = up[:, :, :steps]
-        return squeeze_cond(up, self.cfg.n_group) if self.cfg.cond_rate == "sample" else up
+        if self.source is None:
+            return squeeze_cond(up, self.cfg.n_group) if self.cfg.cond_rate == "sample" else up
+        if phase is None:
+            phase = self.source.free_phase(mel, length, phase0)
+        pulses = self.source.channels(mel, phase).to(up.dtype)
+        if self.cfg.cond_rate == "sample":
+            return squeeze_cond(torch.cat([up, pulses], dim=1), self.cfg.n_group)
+        return torch.cat([up, squeeze_cond(pulses, self.cfg.n_group)], dim=1)
 
     # ------------------------------------------------------------------- flow
     def forward(
-        self, audio: torch.Tensor, mel: torch.Tensor, context: torch.Tensor | None = None
+        self,
+        audio: torch.Tensor,
+        mel: torch.Tensor,
+        context: torch.Tensor | None = None,
+        phase: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """audio ``(B, T)``, mel ``(B, n_mels, F)`` -> z ``(B, n_group, T // n_group)``,
         log|det dz/daudio| ``(B,)`` in float32.
@@ -167,13 +190,17 @@ class WaveGlow(nn.Module):
         channels that went through every flow (the layout ``inverse`` expects). With linear
         prediction, ``context`` ``(B, lpc_order)`` holds the audio just before ``audio``
         (zeros when None, as at the start of a clip); without it, ``context`` is ignored.
+        With a pulse source, ``phase`` ``(B, length)`` is its phase; None picks the pulses in the
+        residual (``PulseSource.locked_phase``), and the likelihood is conditional on them.
         """
         length = self._check_audio(audio, mel)
-        cond = self.upsample_mel(mel, length)
         audio = audio[:, :length]
         logdet = audio.new_zeros(audio.shape[0], dtype=torch.float32)
         if self.lpc is not None:
             audio, logdet = self.lpc(audio, mel, context)
+        if self.source is not None and phase is None:
+            phase = self.source.locked_phase(audio, mel)
+        cond = self.upsample_mel(mel, length, phase)
         x = squeeze(audio, self.cfg.n_group)
         early: list[torch.Tensor] = []
         for k, flow in enumerate(self.flows):
@@ -184,20 +211,28 @@ class WaveGlow(nn.Module):
             logdet = logdet + ld
         return torch.cat([*early, x], dim=1), logdet
 
-    def inverse(self, z: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
-        """z ``(B, n_group, T')`` and mel ``(B, n_mels, F)`` -> audio ``(B, T' * n_group)``."""
-        x = self.excitation(z, mel)
+    def inverse(self, z: torch.Tensor, mel: torch.Tensor, phase: torch.Tensor | None = None) -> torch.Tensor:
+        """z ``(B, n_group, T')`` and mel ``(B, n_mels, F)`` -> audio ``(B, T' * n_group)``.
+        ``phase``: the pulse source's phase ``(B, T' * n_group)`` (None: free-running from 0)."""
+        x = self.excitation(z, mel, phase=phase)
         return x if self.lpc is None else self.lpc.inverse(x, mel)
 
-    def excitation(self, z: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+    def excitation(
+        self,
+        z: torch.Tensor,
+        mel: torch.Tensor,
+        phase0: torch.Tensor | float = 0.0,
+        phase: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The flow's inverse alone: z -> ``(B, T' * n_group)``, the LP residual when the model
-        has linear prediction (``lpc.synthesize`` turns it into audio), else the audio."""
+        has linear prediction (``lpc.synthesize`` turns it into audio), else the audio. A pulse
+        source runs free from ``phase0`` (a stream's carried phase), or follows ``phase``."""
         self._check_mel(mel)
         cfg = self.cfg
         if z.dim() != 3 or z.shape[0] != mel.shape[0] or z.shape[1] != cfg.n_group:
             raise ValueError(f"z has shape {tuple(z.shape)}; expected ({mel.shape[0]}, {cfg.n_group}, steps)")
         composed = self._composed_conditioning(mel.shape[2], z.shape[2])
-        cond = self.upsample_mel(mel, z.shape[2] * cfg.n_group) if composed is None else None
+        cond = self.upsample_mel(mel, z.shape[2] * cfg.n_group, phase, phase0) if composed is None else None
         n_early = sum(cfg.early_output_at(k) for k in range(cfg.n_flows))
         split = n_early * cfg.n_early_size
         early = list(z[:, :split].split(cfg.n_early_size, dim=1)) if split else []

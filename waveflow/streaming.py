@@ -6,7 +6,8 @@ Audio for frames ``[a, b)`` is synthesized from the window of frames
 offline, a streamed utterance differs from the offline one only where the flow's receptive
 field reaches past the window; with context covering the receptive field the two are equal
 up to float rounding. A model with linear prediction runs its synthesis filter once over the
-emitted audio, carrying the filter's state from chunk to chunk, as offline synthesis does.
+emitted audio, carrying the filter's state from chunk to chunk, as offline synthesis does;
+a pulse source carries its free-running phase past the frames it drops.
 The end of the utterance (``flush``) gets the same silent tail as offline synthesis.
 """
 
@@ -68,6 +69,7 @@ class StreamingVocoder:
         self._emitted = 0  # frames whose audio has been returned
         self._done = False
         self._lp_state: torch.Tensor | None = None  # linear prediction: the last output samples
+        self._phase = torch.zeros(1, dtype=torch.float64)  # pulse source: its phase at frame self._offset
         self._numpy = False  # the last chunk was a numpy array: return numpy
 
     @property
@@ -120,11 +122,14 @@ class StreamingVocoder:
         lo, hi = (self._emitted - start) * hop, (end - start) * hop
         with torch.no_grad():
             mel = window[None].to(self.vocoder.device)
-            lpc = self.vocoder.model.lpc
+            lpc, source = self.vocoder.model.lpc, self.vocoder.model.source
+            phase0 = 0.0
+            if source is not None:  # the phase at the window's start, from the phase at the buffer's start
+                phase0 = source.advance(self._mel[None, :, : start - self._offset].to(mel.device), self._phase)
             if lpc is None:
                 audio = self.vocoder.synthesize_window(mel, start, self.seed, self.sigma)[0, lo:hi].cpu()
             else:  # the synthesis filter runs once over the utterance, its state carried from chunk to chunk
-                residual = self.vocoder.excitation_window(mel, start, self.seed, self.sigma)[:, lo:hi]
+                residual = self.vocoder.excitation_window(mel, start, self.seed, self.sigma, phase0)[:, lo:hi]
                 a, g = lpc.coefficients(mel)
                 audio, self._lp_state = lpc.synthesize(residual, a, g, start=lo, state=self._lp_state)
                 audio = audio[0].float().cpu()
@@ -134,6 +139,8 @@ class StreamingVocoder:
         # Keep only the frames a later window can still need.
         drop = max(0, self._emitted - self.lookback) - self._offset
         if drop > 0:
+            if source is not None:
+                self._phase = source.advance(self._mel[None, :, :drop].to(mel.device), self._phase).cpu()
             self._mel = self._mel[:, drop:]
             self._offset += drop
         return audio

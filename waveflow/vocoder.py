@@ -248,9 +248,12 @@ class Vocoder:
             out = self.model.lpc.inverse(out, mel)
         return out.float()
 
-    def excitation_window(self, mel: torch.Tensor, start_frame: int, seed: int, sigma: float) -> torch.Tensor:
+    def excitation_window(
+        self, mel: torch.Tensor, start_frame: int, seed: int, sigma: float, phase0: torch.Tensor | float = 0.0
+    ) -> torch.Tensor:
         """The flow's output ``(B, F * hop)`` for a window as in ``synthesize_window``: the audio,
-        or for a model with linear prediction the residual before the synthesis filter."""
+        or for a model with linear prediction the residual before the synthesis filter.
+        ``phase0``: a pulse source's phase at the window's start (0 at an utterance's start)."""
         hop, n_group = self.hop_length, self.model.cfg.n_group
         length = mel.shape[2] * hop
         first, last = start_frame * hop // n_group, -(-(start_frame * hop + length) // n_group)
@@ -258,7 +261,7 @@ class Vocoder:
             raise ValueError(f"hop {hop} is not a multiple of n_group {n_group}")
         z = self.latent(seed, first, last - first, sigma)
         z = z.unsqueeze(0).expand(mel.shape[0], -1, -1)
-        return self.model.excitation(z, mel.to(self._dtype))[:, :length]
+        return self.model.excitation(z, mel.to(self._dtype), phase0)[:, :length]
 
     @property
     def sigma(self) -> float:
