@@ -74,6 +74,34 @@ def test_training_with_linear_prediction_lowers_the_dev_nll(tmp_path, prepared):
     assert read_checkpoint(out / "checkpoints" / "best.pt")["config"]["model"]["lpc_order"] == 8
 
 
+def test_init_from_fine_tunes_an_lp_model_into_one_with_a_pulse_source(tmp_path, prepared, capsys):
+    lp = ["--set", "model.lpc_order=8", "--set", "train.eval_every=100"]
+    base = tmp_path / "base"
+    assert _train(tmp_path, prepared, base, *lp, "--set", "train.max_steps=3") == 0
+    start = base / "checkpoints" / "step_0000003.pt"
+    tuned = tmp_path / "tuned"
+    source = [*lp, "--set", "model.pulse_source=true", "--set", "train.eval_every=4"]
+    assert _train(tmp_path, prepared, tuned, *source, "--set", "train.max_steps=4", "--init-from", str(start)) == 0
+    curve = _dev_curve(tuned)
+    # the fine-tuned run starts where the base run ended
+    assert curve[0][0] == 0 and math.isclose(curve[0][1], _dev_curve(base)[-1][1], rel_tol=1e-5)
+    last = read_checkpoint(tuned / "checkpoints" / "step_0000004.pt")
+    assert last["init_from"] == {"path": str(start), "step": 3} and last["config"]["model"]["pulse_source"]
+    assert "initialised from" in (tuned / "train.log").read_text()
+    capsys.readouterr()
+    # refused in one line, before --out is touched: with --resume, a missing file, weights that do not fit
+    for extra, message in [
+        (["--resume", "--init-from", str(start)], "pass one of them"),
+        (["--init-from", str(tmp_path / "none.pt")], "no such checkpoint"),
+        (["--set", "model.n_channels=16", "--init-from", str(start)], "cannot start from these weights"),
+    ]:
+        out = tmp_path / "refused"
+        assert _train(tmp_path, prepared, out, *source, *extra) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+
+
 def test_a_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, prepared):
     common = ["--set", "train.checkpoint_every=3", "--set", "train.eval_every=100", "--set", "train.keep_last=5"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

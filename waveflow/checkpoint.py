@@ -111,6 +111,42 @@ def load_state(model: WaveGlow, state: dict[str, torch.Tensor], path: str | Path
         model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
+def warm_start(model: WaveGlow, state: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> list[str]:
+    """Load another model's weights as the start of a new run: every tensor of the same name
+    and shape is copied; a conditioning layer (``cond_layer``) whose input grew because
+    conditioning channels were appended (pitch features at the sample rate, a pulse source)
+    gets the old weights for its leading inputs and zeros for the new ones, so the model
+    starts as the old one did. Returns the names that grew; anything else raises."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise CheckpointError(f"{path}: cannot start from these weights: {len(missing)} missing (e.g. {missing[0]})")
+    grown, merged = [], {}
+    for key, mine in own.items():
+        old = state[key]
+        if tuple(old.shape) == tuple(mine.shape):
+            merged[key] = old.to(mine.dtype)
+        elif (
+            ".cond_layer.weight" in key
+            and old.dim() == mine.dim() == 3
+            and old.shape[0] == mine.shape[0]
+            and old.shape[2] == mine.shape[2]
+            and old.shape[1] < mine.shape[1]
+        ):
+            new = torch.zeros_like(mine)
+            new[:, : old.shape[1]] = old.to(mine.dtype)
+            merged[key] = new
+            grown.append(key)
+        else:
+            raise CheckpointError(
+                f"{path}: cannot start from these weights: {key} {tuple(old.shape)} vs {tuple(mine.shape)} "
+                "(only conditioning inputs appended at the end can grow)"
+            )
+    with torch.no_grad():
+        model.load_state_dict(merged)
+    return grown
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[WaveGlow, Config]:
     """A ``WaveGlow`` in eval mode on ``device`` and its ``Config``, from a checkpoint file."""
     model, cfg, _ = load_checkpoint(path, device)

@@ -82,6 +82,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
     )
     extras = [f"linear prediction order {m.lpc_order}" if m.lpc_order else "no linear prediction"]
     extras.append("pitch features" if m.pitch_features else "no pitch features")
+    extras.append("a pulse source" if m.pulse_source else "no pulse source")
     print("layers: " + ", ".join(extras))
     print(
         f"mel: {mel.n_mels} bands, {mel.sample_rate} Hz, n_fft {mel.n_fft}, hop {mel.hop_length}, "
@@ -89,6 +90,9 @@ def _cmd_info(args: argparse.Namespace) -> None:
     )
     print(f"inference sigma {cfg.train.eval_sigma:g} (training sigma {cfg.train.sigma:g})")
     facts = [f"step {data['step']}" if "step" in data else None]
+    if data.get("init_from"):
+        start = data["init_from"]
+        facts.append(f"fine-tuned from {str(start['path']).rsplit('/', 1)[-1]} (step {start['step']})")
     nll = data.get("dev_nll", data.get("best_dev_nll"))
     if nll is not None:
         facts.append(f"dev NLL {float(nll):.4f} nats/sample")

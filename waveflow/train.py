@@ -27,7 +27,14 @@ import torch
 import torch.distributed as dist
 
 from waveflow.audio import MelSpectrogram, load_wav
-from waveflow.checkpoint import atomic_save, checkpoint_config, load_state, make_checkpoint, read_checkpoint
+from waveflow.checkpoint import (
+    atomic_save,
+    checkpoint_config,
+    load_state,
+    make_checkpoint,
+    read_checkpoint,
+    warm_start,
+)
 from waveflow.config import Config, ConfigError, config_from_dict, load_config, make_config, save_config
 from waveflow.data import SegmentBatches, batch_loader, load_prepared
 from waveflow.loss import flow_nll, nll_per_example
@@ -217,6 +224,8 @@ class Trainer:
         self.stop_signal: str | None = None
         self.writer = None
         self.dev_audio: list[torch.Tensor] | None = None
+        self.init_from: dict[str, Any] | None = None  # the checkpoint a fine-tuning run started from
+        self.init_message = ""
 
     # -------------------------------------------------------------- state
     def checkpoint(self, **extra: Any) -> dict[str, Any]:
@@ -228,6 +237,7 @@ class Trainer:
             scaler=self.scaler.state_dict(),
             rng=rng_state(),
             best_dev_nll=self.best_dev,
+            **({"init_from": self.init_from} if self.init_from else {}),
             **extra,
         )
 
@@ -257,6 +267,7 @@ class Trainer:
         self.scaler.load_state_dict(data["scaler"])
         self.step = int(data["step"])
         self.best_dev = float(data.get("best_dev_nll", math.inf))
+        self.init_from = data.get("init_from")
         set_rng_state(data["rng"])
 
     # -------------------------------------------------------------- one step
@@ -342,6 +353,16 @@ class Trainer:
             atomic_save(self.checkpoint(dev_nll=dev["nll_nats"]), self.out / "checkpoints" / "best.pt")
 
     # -------------------------------------------------------------- loop
+    def initialize_from(self, path: Path) -> None:
+        """Start a new run from another checkpoint's weights (``warm_start``); the optimizer,
+        step and RNG start afresh. The source is recorded in every checkpoint of the run."""
+        data = read_checkpoint(path)
+        grown = warm_start(self.model, data["model"], path)
+        self.init_from = {"path": str(path), "step": int(data.get("step", 0))}
+        self.init_message = f"initialised from {path} (step {self.init_from['step']})" + (
+            f"; {len(grown)} conditioning layers grew, their new inputs start at zero" if grown else ""
+        )
+
     def run(self, resume_from: Path | None) -> int:
         cfg, ctx = self.cfg, self.ctx
         if resume_from is not None:
@@ -452,6 +473,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder: checkpoints, TensorBoard logs, config.yaml")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--force", action="store_true", help="start afresh in a folder that holds another run (deletes it)")
+    p.add_argument(
+        "--init-from",
+        metavar="CKPT",
+        help="start a new run from this checkpoint's weights (fine-tuning; conditioning inputs appended by "
+        "the config, e.g. model.pulse_source, start at zero); not with --resume",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument(
         "--set",
@@ -498,10 +525,18 @@ def run(args: argparse.Namespace) -> None:
         raise TrainError("waveflow train writes TensorBoard logs: pip install 'waveflow[train]'") from None
     cfg = build_config(args.config, args.overrides)
     out = Path(args.out)
+    init_from = Path(args.init_from) if getattr(args, "init_from", None) else None
+    if init_from is not None:
+        if args.resume:
+            raise TrainError("--init-from starts a new run; --resume continues one: pass one of them")
+        if not init_from.is_file():
+            raise TrainError(f"--init-from {init_from}: no such checkpoint file")
     ctx = Dist(args.device)
     try:
         # everything is checked (data, device, precision) before the run folder is touched
         trainer = Trainer(cfg, Path(args.data), out, ctx, progress=not args.no_progress)
+        if init_from is not None:
+            trainer.initialize_from(init_from)  # a checkpoint that does not fit fails here, before --out is touched
         resume_from = None
         if ctx.main:
             resume_from = prepare_run_folder(out, cfg, args.resume, args.force)
@@ -512,6 +547,8 @@ def run(args: argparse.Namespace) -> None:
             last = sorted((out / "checkpoints").glob("step_*.pt"))
             resume_from = last[-1] if last else None
         with run_log(out / "train.log" if ctx.main else None):
+            if trainer.init_message:
+                log.info(trainer.init_message)
             step = trainer.run(resume_from)
             if ctx.main:
                 print(f"stopped at step {step}; best dev NLL {trainer.best_dev:.4f} nats/sample; run folder {out}")
