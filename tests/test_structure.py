@@ -4,6 +4,8 @@ through others) imports it back, cli sits on top and config at the bottom."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 
 from conftest import REPO
 
@@ -46,3 +48,24 @@ def test_cli_on_top_and_config_at_the_bottom():
     graph = import_graph()
     assert not graph["config"], graph["config"]
     assert not any("cli" in deps for deps in graph.values())
+
+
+def test_help_imports_no_torch():
+    """`waveflow --help` and every subcommand's help are instant: no torch, no model code."""
+    code = (
+        "import sys\n"
+        "from waveflow.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "commands = parser._subparsers._group_actions[0].choices\n"
+        "for argv in [['--help'], *[[c, '--help'] for c in commands]]:\n"
+        "    try:\n"
+        "        parser.parse_args(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'soundfile'))\n"
+        "print(len(commands), heavy[:3])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    count, heavy = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert int(count) >= 10 and heavy == "[]", done.stdout[-300:]

@@ -1,22 +1,41 @@
 """waveflow: a WaveGlow-style normalizing-flow vocoder trained by exact maximum likelihood."""
 
-from waveflow.audio import MelSpectrogram, load_wav, save_wav
-from waveflow.config import (
-    Config,
-    ConfigError,
-    MelConfig,
-    ModelConfig,
-    TrainConfig,
-    load_config,
-    make_config,
-    model_preset,
-)
-from waveflow.loss import NLL, flow_nll
-from waveflow.model import WaveGlow
-from waveflow.streaming import StreamingVocoder
-from waveflow.vocoder import Vocoder
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# Public names, imported on first use: ``import waveflow`` (and ``waveflow --help``) stays
+# free of torch until something that needs it is touched.
+_EXPORTS = {
+    "MelSpectrogram": "audio",
+    "load_wav": "audio",
+    "save_wav": "audio",
+    "Config": "config",
+    "ConfigError": "config",
+    "MelConfig": "config",
+    "ModelConfig": "config",
+    "TrainConfig": "config",
+    "load_config": "config",
+    "make_config": "config",
+    "model_preset": "config",
+    "NLL": "loss",
+    "flow_nll": "loss",
+    "WaveGlow": "model",
+    "StreamingVocoder": "streaming",
+    "Vocoder": "vocoder",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"waveflow.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'waveflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "NLL",

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from waveflow import __version__
+from waveflow import __version__, arguments
 from waveflow.atomic import WriteError
 
 log = logging.getLogger("waveflow")
@@ -152,10 +152,15 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/train.txt, dev.txt, test.txt, prepared.json" + (", mels/" if args.mel_cache else ""))
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
-    from waveflow.train import run
+def _run(module: str, function: str = "run"):
+    """The subcommand's code, imported only when it runs (help needs no torch)."""
 
-    run(args)
+    def call(args: argparse.Namespace) -> None:
+        import importlib
+
+        getattr(importlib.import_module(f"waveflow.{module}"), function)(args)
+
+    return call
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("wav", help="a 22050 Hz wav (other rates are resampled)")
     p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     p.add_argument("--seconds", type=float, default=0.0, help="use only the first N seconds (0: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random model (default: 0)")
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("info", help="what a checkpoint holds: model, mel convention, provenance")
@@ -186,35 +191,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)
 
-    from waveflow.train import add_arguments as add_train_arguments
-
     p = sub.add_parser("train", help="train by exact maximum likelihood (torchrun for several processes)")
-    add_train_arguments(p)
-    p.set_defaults(func=_cmd_train)
-
-    from waveflow import evaluate, synthesize
+    arguments.add_train(p)
+    p.set_defaults(func=_run("train"))
 
     p = sub.add_parser("synthesize", help="mel (.npy/.pt) or folder of mels -> wav(s)")
-    synthesize.add_arguments(p)
-    p.set_defaults(func=synthesize.run)
+    arguments.add_synthesize(p)
+    p.set_defaults(func=_run("synthesize"))
 
     p = sub.add_parser("mel", help="wav -> mel (.npy/.pt) of the vocoder's convention")
-    synthesize.add_mel_arguments(p)
-    p.set_defaults(func=synthesize.run_mel)
+    arguments.add_mel(p)
+    p.set_defaults(func=_run("synthesize", "run_mel"))
 
     p = sub.add_parser("evaluate", help="copy-synthesis quality (mel-L1, PESQ, STOI, NLL) vs Griffin-Lim")
-    evaluate.add_arguments(p)
-    p.set_defaults(func=evaluate.run)
-
-    from waveflow import export, nvidia
+    arguments.add_evaluate(p)
+    p.set_defaults(func=_run("evaluate"))
 
     p = sub.add_parser("convert-nvidia", help="convert an NVIDIA WaveGlow checkpoint to a waveflow checkpoint")
-    nvidia.add_arguments(p)
-    p.set_defaults(func=nvidia.run)
+    arguments.add_convert_nvidia(p)
+    p.set_defaults(func=_run("nvidia"))
 
-    p = sub.add_parser("export", help="export the inference path to TorchScript or ONNX")
-    export.add_arguments(p)
-    p.set_defaults(func=export.run)
+    p = sub.add_parser("export", help="export the inference path to TorchScript or ONNX, or a pretrained folder")
+    arguments.add_export(p)
+    p.set_defaults(func=_run("export"))
     return parser
 
 

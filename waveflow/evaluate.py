@@ -194,28 +194,6 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", default=None, help="waveflow checkpoint (default: the bundled model)")
-    parser.add_argument(
-        "--data",
-        required=True,
-        help="an LJSpeech-style folder (wavs/), a folder of wavs, or a folder written by `waveflow prepare`",
-    )
-    parser.add_argument(
-        "--split",
-        default="dev,test",
-        help="with a prepared folder: the splits to score (default: dev,test, the held-out clips)",
-    )
-    parser.add_argument("--limit", type=int, default=0, help="score only the first N clips (0: all)")
-    parser.add_argument(
-        "--sigma", type=float, default=None, help="std of the latent noise (default: the checkpoint's inference sigma)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--json", default=None, help="also write the per-clip scores and means here")
-    parser.add_argument("--no-griffin-lim", action="store_true", help="skip the Griffin-Lim floor")
-
-
 def run(args: argparse.Namespace) -> None:
     from waveflow.vocoder import load_vocoder
 

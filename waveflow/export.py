@@ -24,7 +24,6 @@ from waveflow.checkpoint import load_model
 from waveflow.flows import Invertible1x1Conv
 from waveflow.model import WaveGlow
 
-FORMATS = ("torchscript", "onnx", "pretrained")
 ONNX_OPSET = 17
 EXPORT_SCAN_LEVELS = 16
 
@@ -113,17 +112,6 @@ def export_onnx(model: WaveGlow, out: str | Path, frames: int = 8, opset: int = 
 
 
 # ----------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--format",
-        required=True,
-        choices=FORMATS,
-        help="torchscript (.pt), onnx (.onnx), or pretrained (a folder: config.yaml, model.safetensors, card.json)",
-    )
-    parser.add_argument("--checkpoint", required=True, help="waveflow checkpoint")
-    parser.add_argument("-o", "--output", required=True, help="file (folder for pretrained) to write")
-
-
 def run(args: argparse.Namespace) -> None:
     if args.format == "pretrained":
         from waveflow.pretrained import save_pretrained

@@ -399,11 +399,6 @@ def to_nvidia_state_dict(model: WaveGlow) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="NVIDIA WaveGlow checkpoint (.pt/.pth, pickled module or state dict)")
-    parser.add_argument("-o", "--output", required=True, help="waveflow checkpoint to write")
-
-
 def run(args: argparse.Namespace) -> None:
     out = Path(args.output)
     if out.resolve() == Path(args.input).resolve():

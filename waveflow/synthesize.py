@@ -109,33 +109,6 @@ def plan(inp: Path, out: Path) -> list[tuple[Path, Path]]:
 
 
 # ------------------------------------------------------------------------ CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="a mel (.npy or .pt, shape (n_mels, frames)) or a folder of them")
-    parser.add_argument("-o", "--output", required=True, help="output .wav, or a folder for a folder of mels")
-    parser.add_argument("--checkpoint", default=None, help="waveflow checkpoint (default: the bundled model)")
-    parser.add_argument(
-        "--sigma",
-        type=float,
-        default=None,
-        help="std of the latent noise (default: the checkpoint's inference sigma, 0.6 for WaveGlow)",
-    )
-    parser.add_argument("--denoise", type=float, default=0.0, help="bias-removal strength, e.g. 0.01 (default: off)")
-    parser.add_argument(
-        "--denoise-mode",
-        choices=["auto", "waveflow", "nvidia"],
-        default="auto",
-        help="the bias to remove: waveflow (silence mel) or nvidia (NVIDIA's denoiser.py rule); "
-        "auto: nvidia for checkpoints converted from NVIDIA, else waveflow (default: auto)",
-    )
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--half", action="store_true", help="float16 conditioner (CUDA only)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    parser.add_argument("--batch-size", type=int, default=4, help="mels synthesized together (folders)")
-    parser.add_argument("--stream", action="store_true", help="synthesize with StreamingVocoder, chunk by chunk")
-    parser.add_argument("--chunk-frames", type=int, default=16, help="mel frames per streamed chunk")
-    parser.add_argument("--reference", default=None, help="a wav to compare the output with (prints quality)")
-
-
 def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
@@ -215,16 +188,6 @@ def _compare(voc, reference: str, output: Path) -> None:
     out = load_wav(output, voc.sample_rate)
     scores = quality(ref, out, voc.sample_rate, voc.mel)
     print(f"quality of {output} against {reference}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-
-
-def add_mel_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("wav", help="a wav (other sample rates are resampled)")
-    parser.add_argument("-o", "--output", required=True, help="output mel, .npy or .pt, shape (n_mels, frames)")
-    parser.add_argument(
-        "--checkpoint",
-        default=None,
-        help="use this checkpoint's mel convention (default: Tacotron 2 / WaveGlow's, see waveflow.audio)",
-    )
 
 
 def run_mel(args: argparse.Namespace) -> None:

@@ -467,30 +467,6 @@ class Trainer:
 
 
 # ------------------------------------------------------------------ CLI
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="recipe YAML (preset, mel, model, train); default: the small preset")
-    p.add_argument("--data", required=True, help="a folder written by `waveflow prepare`")
-    p.add_argument("--out", required=True, help="run folder: checkpoints, TensorBoard logs, config.yaml")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--force", action="store_true", help="start afresh in a folder that holds another run (deletes it)")
-    p.add_argument(
-        "--init-from",
-        metavar="CKPT",
-        help="start a new run from this checkpoint's weights (fine-tuning; conditioning inputs appended by "
-        "the config, e.g. model.pulse_source, start at zero); not with --resume",
-    )
-    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value, e.g. --set train.max_steps=200 (repeatable)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 def prepare_run_folder(out: Path, cfg: Config, resume: bool, force: bool) -> Path | None:
     """Check --out against --resume/--force; returns the checkpoint to resume from, if any."""
     existing = out / "config.yaml"
