@@ -4,6 +4,7 @@ through others) imports it back, cli sits on top and config at the bottom."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 
@@ -69,3 +70,57 @@ def test_help_imports_no_torch():
     assert done.returncode == 0, done.stderr
     count, heavy = done.stdout.strip().splitlines()[-1].split(" ", 1)
     assert int(count) >= 10 and heavy == "[]", done.stdout[-300:]
+
+
+# Names added to the standard library after 3.10, the lowest Python that pyproject admits
+# (this machine has only 3.11, so the check is static: syntax at 3.10 and no newer names).
+NEWER_THAN_310 = {
+    "tomllib",
+    "typing.Self",
+    "typing.LiteralString",
+    "typing.Never",
+    "typing.assert_never",
+    "typing.reveal_type",
+    "typing.Required",
+    "typing.NotRequired",
+    "typing.TypeVarTuple",
+    "typing.Unpack",
+    "datetime.UTC",
+    "enum.StrEnum",
+    "enum.verify",
+    "asyncio.TaskGroup",
+    "asyncio.timeout",
+    "hashlib.file_digest",
+    "contextlib.chdir",
+    "math.exp2",
+    "math.cbrt",
+    "operator.call",
+    "ExceptionGroup",
+    "BaseExceptionGroup",
+}
+
+
+def test_sources_parse_and_resolve_on_the_lowest_supported_python():
+    declared = re.search(r'^requires-python = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)
+    assert declared and declared.group(1) == ">=3.10", f"update NEWER_THAN_310 for {declared and declared.group(1)}"
+    files = [*PACKAGE.glob("*.py"), *(REPO / "scripts").glob("*.py"), *(REPO / "tests").glob("*.py")]
+    found = []
+    for path in files:
+        tree = ast.parse(path.read_text(), feature_version=(3, 10))  # a SyntaxError names 3.11+ syntax
+        aliases = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    aliases[a.asname or a.name] = a.name
+                    if a.name in NEWER_THAN_310:
+                        found.append(f"{path.name}: import {a.name}")
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                for a in node.names:
+                    if f"{node.module}.{a.name}" in NEWER_THAN_310 or node.module in NEWER_THAN_310:
+                        found.append(f"{path.name}: from {node.module} import {a.name}")
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if f"{aliases.get(node.value.id, node.value.id)}.{node.attr}" in NEWER_THAN_310:
+                    found.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
+            elif isinstance(node, ast.Name) and node.id in NEWER_THAN_310:
+                found.append(f"{path.name}:{node.lineno}: {node.id}")
+    assert not found, found
