@@ -258,3 +258,25 @@ def test_tensorboard_has_config_ground_truth_audio_colour_mels_and_dev_mel_l1(tm
     image = events.Images("dev/mel_0_original_top")[-1]
     assert image.height == 2 * 80 + 2  # original, a white rule, resynthesis
     assert "mel-l1_0" in (out / "train.log").read_text()
+
+
+def test_mel_image_has_time_and_frequency_ticks():
+    from waveflow.config import MelConfig
+    from waveflow.train import AXIS_PX, khz_bands, mel_image
+
+    bands = khz_bands(MelConfig())
+    assert bands == sorted(bands) and len(bands) == 3 and 0 < bands[0] < bands[-1] < 80
+    mel = torch.linspace(-11, 2, 80)[:, None].expand(80, 200)  # brighter towards the high bands
+    plain = mel_image(mel, mel)
+    assert plain.shape == (3, 162, 200)
+    image = mel_image(mel, mel, frames_per_second=50.0, band_ticks=bands)
+    assert image.shape == (3, 162 + AXIS_PX, 200 + AXIS_PX)
+    torch.testing.assert_close(image[:, :162, AXIS_PX:], plain)  # the mels themselves are untouched
+    left, bottom = image[0, :162, 0], image[0, 162 + 1, AXIS_PX:]
+    assert sorted(torch.nonzero(left == 1).flatten().tolist()) == sorted(
+        [79 - b for b in bands] + [161 - b for b in bands]
+    )
+    assert torch.nonzero(bottom == 1).flatten().tolist() == [25, 50, 75, 100, 125, 150, 175]  # every 0.5 s
+    assert (
+        float(image[0, 162 + AXIS_PX - 1, AXIS_PX + 50]) == 1 and float(image[0, 162 + AXIS_PX - 1, AXIS_PX + 25]) == 0
+    )

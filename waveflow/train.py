@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from waveflow.audio import MelSpectrogram, load_wav
+from waveflow.audio import MelSpectrogram, load_wav, mel_filterbank
 from waveflow.checkpoint import (
     atomic_save,
     checkpoint_config,
@@ -185,11 +186,23 @@ _RAMP = torch.tensor(
 )
 
 
-def mel_image(original: torch.Tensor, resynth: torch.Tensor) -> torch.Tensor:
+AXIS_PX = 6  # the width of the tick strips at the left (frequency) and bottom (time)
+
+
+def mel_image(
+    original: torch.Tensor,
+    resynth: torch.Tensor,
+    frames_per_second: float | None = None,
+    band_ticks: Sequence[int] = (),
+) -> torch.Tensor:
     """Two log-mels ``(n_mels, F)`` stacked (original on top, low bands at the bottom of each),
-    one colour scale for both, as an RGB image ``(3, 2 * n_mels + 2, F)`` in [0, 1] with a white
-    rule between them."""
+    one colour scale for both, as an RGB image in [0, 1] with a white rule between them.
+
+    Axes: white ticks in a strip along the bottom every second (long) and half second (short)
+    when ``frames_per_second`` is given, and in a strip on the left at the mel bands
+    ``band_ticks`` (e.g. those of 1, 2 and 4 kHz) of both mels."""
     frames = min(original.shape[1], resynth.shape[1])
+    n_mels = original.shape[0]
     a, b = original[:, :frames].flip(0).float().cpu(), resynth[:, :frames].flip(0).float().cpu()
     lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
     rule = torch.full((2, frames), math.inf)  # drawn white
@@ -199,7 +212,28 @@ def mel_image(original: torch.Tensor, resynth: torch.Tensor) -> torch.Tensor:
     t = (pos - i).unsqueeze(-1)
     rgb = _RAMP[i] * (1 - t) + _RAMP[i + 1] * t
     rgb[torch.isinf(level)] = 1.0
-    return rgb.permute(2, 0, 1)
+    if frames_per_second is None and not band_ticks:
+        return rgb.permute(2, 0, 1)
+    height = rgb.shape[0]
+    image = torch.zeros(height + AXIS_PX, AXIS_PX + frames, 3)
+    image[:height, AXIS_PX:] = rgb
+    for band in band_ticks:  # band k is row n_mels - 1 - k of the top mel and 2 rows lower in the bottom one
+        for row in (n_mels - 1 - band, 2 * n_mels + 1 - band):
+            image[row, : AXIS_PX - 1] = 1.0
+    if frames_per_second:
+        half = frames_per_second / 2
+        for k in range(1, int(frames / half) + 1):
+            col = AXIS_PX + round(k * half)
+            if col < image.shape[1]:
+                image[height + 1 : height + (AXIS_PX if k % 2 == 0 else AXIS_PX // 2), col] = 1.0
+    return image.permute(2, 0, 1)
+
+
+def khz_bands(mel_cfg) -> list[int]:
+    """The mel bands whose centres are nearest 1, 2 and 4 kHz (those below f_max)."""
+    basis = mel_filterbank(mel_cfg.sample_rate, mel_cfg.n_fft, mel_cfg.n_mels, mel_cfg.f_min, mel_cfg.f_max)
+    centres = basis.argmax(axis=1) * mel_cfg.sample_rate / mel_cfg.n_fft
+    return [int(abs(centres - hz).argmin()) for hz in (1000.0, 2000.0, 4000.0) if hz < mel_cfg.f_max]
 
 
 # ------------------------------------------------------------------ trainer
@@ -335,7 +369,9 @@ class Trainer:
                 mel_l1 = float((mel[..., :frames] - synth_mel[..., :frames]).abs().mean())
                 self.writer.add_scalar(f"dev/mel_l1_{i}", mel_l1, self.step)
                 result[f"mel_l1_{i}"] = mel_l1
-                self.writer.add_image(f"dev/mel_{i}_original_top", mel_image(mel[0], synth_mel[0]), self.step)
+                image = mel_image(mel[0], synth_mel[0], rate / cfg.mel.hop_length, khz_bands(cfg.mel))
+                # ticks: every 0.5 s (long at whole seconds) below, 1, 2 and 4 kHz on the left
+                self.writer.add_image(f"dev/mel_{i}_original_top", image, self.step)
         model.train()
         return result
 
