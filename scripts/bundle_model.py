@@ -62,6 +62,8 @@ def main() -> int:
         "note": args.note,
         "card": card(args, data),
     }
+    if data.get("init_from"):  # a fine-tuning run: where it started (waveflow info prints it)
+        bundled["init_from"] = data["init_from"]
     atomic_save(bundled, args.out)
     n = sum(v.numel() for v in weights.values())
     print(f"wrote {args.out}: {cfg.preset} preset, {n / 1e6:.2f} M parameters (float16), step {bundled['step']}")

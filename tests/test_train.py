@@ -245,6 +245,8 @@ def test_bf16_autocast_on_the_cpu_runs_the_mixed_precision_path(tmp_path, prepar
 def test_tensorboard_has_config_ground_truth_audio_colour_mels_and_dev_mel_l1(tmp_path, prepared):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from waveflow.train import AXIS_PX
+
     out = tmp_path / "run"
     args = ["--set", "train.max_steps=2", "--set", "train.eval_every=2", "--set", "train.eval_audio_clips=1"]
     assert _train(tmp_path, prepared, out, *args) == 0
@@ -256,7 +258,7 @@ def test_tensorboard_has_config_ground_truth_audio_colour_mels_and_dev_mel_l1(tm
     assert [e.step for e in events.Scalars("dev/mel_l1_0")] == [0, 2]
     assert "config/text_summary" in tags["tensors"]
     image = events.Images("dev/mel_0_original_top")[-1]
-    assert image.height == 2 * 80 + 2  # original, a white rule, resynthesis
+    assert image.height == 2 * 80 + 2 + AXIS_PX  # original, a white rule, resynthesis, the time axis
     assert "mel-l1_0" in (out / "train.log").read_text()
 
 
