@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """What linear prediction costs at synthesis: the LP layer (coefficients from the mel and the
-synthesis filter) against the whole model's inference, batch 1, per preset and length.
+synthesis filter) against the whole model's inference, batch 1, per preset and length; and
+what the pulse source (model.pulse_source: the source channels and the wider conditioning)
+adds on top, as in the bundled model.
 
     python scripts/benchmark_lpc.py                      # realtime preset, 1 s and 10 s, 2 threads
     python scripts/benchmark_lpc.py --presets realtime,small --seconds 1,10 --order 24
@@ -33,6 +35,11 @@ def median_ms(fn, runs: int, *args) -> float:
     return 1000 * statistics.median(times)
 
 
+def source_channels(source, mel: torch.Tensor) -> torch.Tensor:
+    """The pulse source's share of synthesis: free phase and channels for the whole mel."""
+    return source.channels(mel, source.free_phase(mel, mel.shape[2] * HOP))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", default="realtime")
@@ -43,12 +50,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, LP order {args.order}, batch 1")
-    print("| preset | seconds | model ms (no LP) | model ms (with LP) | LP ms | LP share | x real time (with LP) |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| preset | seconds | model ms (no LP) | model ms (with LP) | LP ms | LP share | x real time (with LP) "
+        "| model ms (LP + source) | source channels ms | x real time (LP + source) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for preset in args.presets.split(","):
         plain = WaveGlow(model_preset(preset)).optimize_for_inference()
         torch.manual_seed(0)
         lp_model = WaveGlow(model_preset(preset, lpc_order=args.order)).optimize_for_inference()
+        src_model = WaveGlow(model_preset(preset, lpc_order=args.order, pulse_source=True)).optimize_for_inference()
         for seconds in (float(s) for s in args.seconds.split(",")):
             frames = round(seconds * SAMPLE_RATE / HOP)
             mel = torch.randn(1, 80, frames, generator=torch.Generator().manual_seed(0)) - 5
@@ -57,10 +68,13 @@ def main(argv=None) -> int:
                 t_plain = median_ms(plain.infer, args.runs, mel)
                 t_lp_model = median_ms(lp_model.infer, args.runs, mel)
                 t_lp = median_ms(lp_model.lpc.inverse, args.runs, e, mel)
+                t_src_model = median_ms(src_model.infer, args.runs, mel)
+                t_src = median_ms(source_channels, args.runs, src_model.source, mel)
             audio_ms = 1000 * frames * HOP / SAMPLE_RATE
             print(
                 f"| {preset} | {seconds:g} | {t_plain:.1f} | {t_lp_model:.1f} | {t_lp:.1f} | "
-                f"{100 * t_lp / t_lp_model:.1f}% | {audio_ms / t_lp_model:.1f} |"
+                f"{100 * t_lp / t_lp_model:.1f}% | {audio_ms / t_lp_model:.1f} | {t_src_model:.1f} | {t_src:.1f} | "
+                f"{audio_ms / t_src_model:.1f} |"
             )
     return 0
 
