@@ -46,3 +46,17 @@ def test_load_config_yaml(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_every_recipe_config_loads_and_the_bundled_model_matches_its_recipe():
+    from conftest import REPO
+
+    from waveflow.checkpoint import read_checkpoint
+
+    configs = {p.name: load_config(p) for p in sorted((REPO / "recipes" / "ljspeech" / "conf").glob("*.yaml"))}
+    assert len(configs) >= 7
+    bundled = read_checkpoint(REPO / "waveflow" / "assets" / "ljspeech_mini.pt")
+    recipe = configs["realtime_lpc_source.yaml"]
+    # the shipped model is what its recipe config builds (the ship step changes only the inference sigma)
+    assert bundled["config"]["model"] == recipe.to_dict()["model"]
+    assert bundled["config"]["mel"] == recipe.to_dict()["mel"]
