@@ -79,3 +79,18 @@ def test_the_cli_leaves_the_root_logger_alone():
     assert logging.getLogger().handlers == root_handlers
     assert sum(getattr(h, "_waveflow_cli", False) for h in logger.handlers) == 1
     assert logger.level == logging.DEBUG
+
+
+def test_every_subcommand_has_a_description_and_every_option_a_help_text():
+    from waveflow.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    missing = []
+    for name, sub in commands.items():
+        if not sub.description:
+            missing.append(f"{name}: no description")
+        for action in sub._actions:
+            if action.help is None and action.dest != "help":
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}: no help")
+    assert len(commands) >= 10 and not missing, missing

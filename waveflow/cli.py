@@ -163,6 +163,12 @@ def _run(module: str, function: str = "run"):
     return call
 
 
+def command(sub, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose summary is both its line in ``waveflow --help`` and the description
+    atop its own ``--help``."""
+    return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="waveflow", description="WaveGlow-style flow vocoder.")
     parser.add_argument("--version", action="version", version=f"waveflow {__version__}")
@@ -170,48 +176,48 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     sub.required = True
 
-    p = sub.add_parser("check", help="self-check the flow on a wav: mel, NLL, exact round trip")
+    p = command(sub, "check", "self-check the flow on a wav: mel, NLL, exact round trip")
     p.add_argument("wav", help="a 22050 Hz wav (other rates are resampled)")
     p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     p.add_argument("--seconds", type=float, default=0.0, help="use only the first N seconds (0: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random model (default: 0)")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("info", help="what a checkpoint holds: model, mel convention, provenance")
+    p = command(sub, "info", "what a checkpoint holds: model, mel convention, provenance")
     p.add_argument("checkpoint", nargs="?", default=None, help="waveflow checkpoint (default: the bundled model)")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("presets", help="list the model presets with their parameter counts")
+    p = command(sub, "presets", "list the model presets with their parameter counts")
     p.set_defaults(func=_cmd_presets)
 
-    p = sub.add_parser("prepare", help="check an LJSpeech-style corpus and write train/dev/test filelists")
+    p = command(sub, "prepare", "check an LJSpeech-style corpus and write train/dev/test filelists")
     p.add_argument("--data", required=True, help="corpus folder holding metadata.csv and wavs/")
     p.add_argument("--out", required=True, help="folder for the filelists (created)")
     p.add_argument("--mel-cache", action="store_true", help="also save every clip's log-mel as mels/ID.npy")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)
 
-    p = sub.add_parser("train", help="train by exact maximum likelihood (torchrun for several processes)")
+    p = command(sub, "train", "train by exact maximum likelihood (torchrun for several processes)")
     arguments.add_train(p)
     p.set_defaults(func=_run("train"))
 
-    p = sub.add_parser("synthesize", help="mel (.npy/.pt) or folder of mels -> wav(s)")
+    p = command(sub, "synthesize", "mel (.npy/.pt) or folder of mels -> wav(s)")
     arguments.add_synthesize(p)
     p.set_defaults(func=_run("synthesize"))
 
-    p = sub.add_parser("mel", help="wav -> mel (.npy/.pt) of the vocoder's convention")
+    p = command(sub, "mel", "wav -> mel (.npy/.pt) of the vocoder's convention")
     arguments.add_mel(p)
     p.set_defaults(func=_run("synthesize", "run_mel"))
 
-    p = sub.add_parser("evaluate", help="copy-synthesis quality (mel-L1, PESQ, STOI, NLL) vs Griffin-Lim")
+    p = command(sub, "evaluate", "copy-synthesis quality (mel-L1, PESQ, STOI, NLL) vs Griffin-Lim")
     arguments.add_evaluate(p)
     p.set_defaults(func=_run("evaluate"))
 
-    p = sub.add_parser("convert-nvidia", help="convert an NVIDIA WaveGlow checkpoint to a waveflow checkpoint")
+    p = command(sub, "convert-nvidia", "convert an NVIDIA WaveGlow checkpoint to a waveflow checkpoint")
     arguments.add_convert_nvidia(p)
     p.set_defaults(func=_run("nvidia"))
 
-    p = sub.add_parser("export", help="export the inference path to TorchScript or ONNX, or a pretrained folder")
+    p = command(sub, "export", "export the inference path to TorchScript or ONNX, or a pretrained folder")
     arguments.add_export(p)
     p.set_defaults(func=_run("export"))
     return parser
