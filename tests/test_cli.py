@@ -47,7 +47,9 @@ def test_version_and_info_of_the_bundled_model():
         "preset 'realtime'",
         "linear prediction order 24",
         "mel: 80 bands, 22050 Hz",
-        "inference sigma 0.8",
+        "inference sigma 0.7",
+        "a pulse source",
+        "fine-tuned from ljspeech_mini.pt (step 22000)",
         "training: step",
         "quality (waveflow, 2 clips",
     ):
