@@ -197,29 +197,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)
 
-    p = command(sub, "train", "train by exact maximum likelihood (torchrun for several processes)")
-    arguments.add_train(p)
-    p.set_defaults(func=_run("train"))
-
-    p = command(sub, "synthesize", "mel (.npy/.pt) or folder of mels -> wav(s)")
-    arguments.add_synthesize(p)
-    p.set_defaults(func=_run("synthesize"))
-
-    p = command(sub, "mel", "wav -> mel (.npy/.pt) of the vocoder's convention")
-    arguments.add_mel(p)
-    p.set_defaults(func=_run("synthesize", "run_mel"))
-
-    p = command(sub, "evaluate", "copy-synthesis quality (mel-L1, PESQ, STOI, NLL) vs Griffin-Lim")
-    arguments.add_evaluate(p)
-    p.set_defaults(func=_run("evaluate"))
-
-    p = command(sub, "convert-nvidia", "convert an NVIDIA WaveGlow checkpoint to a waveflow checkpoint")
-    arguments.add_convert_nvidia(p)
-    p.set_defaults(func=_run("nvidia"))
-
-    p = command(sub, "export", "export the inference path to TorchScript or ONNX, or a pretrained folder")
-    arguments.add_export(p)
-    p.set_defaults(func=_run("export"))
+    # The subcommands whose code needs torch: options from waveflow.arguments, code imported on use.
+    for name, summary, add, module, function in (
+        (
+            "train",
+            "train by exact maximum likelihood (torchrun for several processes)",
+            arguments.add_train,
+            "train",
+            "run",
+        ),
+        ("synthesize", "mel (.npy/.pt) or folder of mels -> wav(s)", arguments.add_synthesize, "synthesize", "run"),
+        ("mel", "wav -> mel (.npy/.pt) of the vocoder's convention", arguments.add_mel, "synthesize", "run_mel"),
+        (
+            "evaluate",
+            "copy-synthesis quality (mel-L1, PESQ, STOI, NLL) vs Griffin-Lim",
+            arguments.add_evaluate,
+            "evaluate",
+            "run",
+        ),
+        (
+            "convert-nvidia",
+            "convert an NVIDIA WaveGlow checkpoint to a waveflow checkpoint",
+            arguments.add_convert_nvidia,
+            "nvidia",
+            "run",
+        ),
+        (
+            "export",
+            "export the inference path to TorchScript or ONNX, or a pretrained folder",
+            arguments.add_export,
+            "export",
+            "run",
+        ),
+    ):
+        p = command(sub, name, summary)
+        add(p)
+        p.set_defaults(func=_run(module, function))
     return parser
 
 
