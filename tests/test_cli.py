@@ -49,7 +49,7 @@ def test_version_and_info_of_the_bundled_model():
         "mel: 80 bands, 22050 Hz",
         "inference sigma 0.7",
         "a pulse source",
-        "fine-tuned from ljspeech_mini.pt (step 22000)",
+        "fine-tuned from ljspeech_mini.pt (step 9000)",
         "training: step",
         "quality (waveflow, 2 clips",
     ):
