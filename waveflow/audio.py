@@ -64,6 +64,16 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_ma
     return weights
 
 
+def sample_frames(
+    start: int, length: int, frames: int, hop: int, offset: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The mel frame of each sample ``start .. start + length - 1``, ``(length,)``: sample n
+    belongs to frame ``(n + offset) // hop`` (``offset`` hop / 2 for centred frames, 0 when
+    frame f starts at sample f * hop), clamped to the mel's ``frames``."""
+    n = torch.arange(start, start + length, device=device)
+    return torch.div(n + offset, hop, rounding_mode="floor").clamp(0, frames - 1)
+
+
 class DeviceConstants:
     """Named constant tensors kept off a module's buffers, so that ``.half()`` or ``.to(dtype)``
     on an enclosing model never degrades them; ``get`` copies them once per device."""

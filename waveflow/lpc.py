@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from waveflow.audio import DeviceConstants, mel_filterbank
+from waveflow.audio import DeviceConstants, mel_filterbank, sample_frames
 
 LOG_MEL_RANGE = (math.log(1e-5), 6.0)  # the convention's floor; a full-scale square wave reaches 2.5
 FILL_BINS = 8  # bins below f_max whose mean fills the bins above it
@@ -111,8 +111,7 @@ class LinearPrediction(nn.Module):
 
     def frame_index(self, start: int, length: int, frames: int, device: torch.device) -> torch.Tensor:
         """Frame of each sample ``start .. start + length - 1`` ``(length,)``, clamped to the mel's frames."""
-        n = torch.arange(length, device=device) + start
-        return torch.div(n + self.frame_offset, self.hop, rounding_mode="floor").clamp(0, frames - 1)
+        return sample_frames(start, length, frames, self.hop, self.frame_offset, device)
 
     # ------------------------------------------------------------ flow contract
     def forward(

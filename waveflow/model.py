@@ -148,15 +148,21 @@ class WaveGlow(nn.Module):
 
     # ------------------------------------------------------------ conditioning
     def upsample_mel(
-        self, mel: torch.Tensor, length: int, phase: torch.Tensor | None = None, phase0: torch.Tensor | float = 0.0
+        self,
+        mel: torch.Tensor,
+        length: int,
+        phase: torch.Tensor | None = None,
+        phase0: torch.Tensor | float = 0.0,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mel ``(B, n_mels, F)`` -> conditioning ``(B, cond_channels, length / n_group)``.
 
         The transposed convolution gives ``(F - 1) * stride + upsample_kernel`` steps, trimmed
         to the steps needed (padded by repeating the last step if a configuration leaves it
         short). At the sample rate the result is squeezed like the audio. With a pulse source,
-        its channels follow, squeezed like the audio, at ``phase`` ``(B, length)`` (training) or
-        running free from ``phase0`` (synthesis).
+        its channels follow, squeezed like the audio: at ``phase`` ``(B, length)`` if given, else
+        locked to pulses picked in the LP ``residual`` (training), else running free from
+        ``phase0`` (synthesis).
         """
         steps = self._cond_steps(length)
         inputs = mel
@@ -168,9 +174,7 @@ class WaveGlow(nn.Module):
         up = up[:, :, :steps]
         if self.source is None:
             return squeeze_cond(up, self.cfg.n_group) if self.cfg.cond_rate == "sample" else up
-        if phase is None:
-            phase = self.source.free_phase(mel, length, phase0)
-        pulses = self.source.channels(mel, phase).to(up.dtype)
+        pulses = self.source(mel, length, phase, phase0, residual).to(up.dtype)
         if self.cfg.cond_rate == "sample":
             return squeeze_cond(torch.cat([up, pulses], dim=1), self.cfg.n_group)
         return torch.cat([up, squeeze_cond(pulses, self.cfg.n_group)], dim=1)
@@ -191,16 +195,14 @@ class WaveGlow(nn.Module):
         prediction, ``context`` ``(B, lpc_order)`` holds the audio just before ``audio``
         (zeros when None, as at the start of a clip); without it, ``context`` is ignored.
         With a pulse source, ``phase`` ``(B, length)`` is its phase; None picks the pulses in the
-        residual (``PulseSource.locked_phase``), and the likelihood is conditional on them.
+        LP residual (``PulseSource``), and the likelihood is conditional on them.
         """
         length = self._check_audio(audio, mel)
         audio = audio[:, :length]
         logdet = audio.new_zeros(audio.shape[0], dtype=torch.float32)
         if self.lpc is not None:
             audio, logdet = self.lpc(audio, mel, context)
-        if self.source is not None and phase is None:
-            phase = self.source.locked_phase(audio, mel)
-        cond = self.upsample_mel(mel, length, phase)
+        cond = self.upsample_mel(mel, length, phase, residual=audio)
         x = squeeze(audio, self.cfg.n_group)
         early: list[torch.Tensor] = []
         for k, flow in enumerate(self.flows):

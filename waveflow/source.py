@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from waveflow.audio import sample_frames
 from waveflow.pitch import REFERENCE_HZ, MelPitch
 
 CHANNELS = 3  # bump, cos, sin
@@ -64,6 +65,24 @@ class PulseSource(nn.Module):
         self.hop_length = hop_length
         self.frame_offset = frame_offset
 
+    def forward(
+        self,
+        mel: torch.Tensor,
+        length: int,
+        phase: torch.Tensor | None = None,
+        phase0: torch.Tensor | float = 0.0,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Source channels ``(B, CHANNELS, length)`` in the mel's dtype, at ``phase`` ``(B, length)``
+        when given, else locked to pulses picked in the LP ``residual`` (training), else running
+        free from ``phase0`` (synthesis). The mel's pitch tracks are computed once."""
+        period, voicing = self.frame_tracks(mel)
+        if phase is None and residual is not None:
+            phase = self._locked(residual, period, voicing)
+        elif phase is None:
+            phase = self._free(period, length, phase0)
+        return self._channels(voicing, phase, mel.dtype)
+
     # ------------------------------------------------------------------ tracks
     def frame_tracks(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Period in samples and voicing in [0, 1] per frame, ``(B, F)`` float64 each."""
@@ -72,42 +91,41 @@ class PulseSource(nn.Module):
         voicing = ((feats[:, 1] - VOICED) / VOICED_SPAN).clamp(0.0, 1.0)
         return period, voicing
 
-    def frame_index(self, start: int, length: int, frames: int, device: torch.device) -> torch.Tensor:
-        """The frame of each sample ``start .. start + length`` (sample 0 at frame 0's offset)."""
-        n = torch.arange(start, start + length, device=device)
-        return torch.div(n + self.frame_offset, self.hop_length, rounding_mode="floor").clamp(0, frames - 1)
+    def _frames(self, length: int, frames: int, device: torch.device) -> torch.Tensor:
+        """The frame of each of the window's samples 0..length (sample 0 at frame 0's offset)."""
+        return sample_frames(0, length, frames, self.hop_length, self.frame_offset, device)
 
     # ------------------------------------------------------------------ phase
-    def frame_steps(self, mel: torch.Tensor) -> torch.Tensor:
-        """Free-phase advance over each frame's ``hop`` samples, ``(B, F)`` float64. The free
-        phase gives sample n the period of frame ``n // hop``, so a stream can carry it from
-        the frames it has already emitted alone."""
-        period, _ = self.frame_tracks(mel)
-        return 2 * math.pi * self.hop_length / period
-
     def free_phase(self, mel: torch.Tensor, length: int, phase0: torch.Tensor | float = 0.0) -> torch.Tensor:
         """Synthesis phase ``(B, length)`` float64 in [0, 2 pi) of the window's samples 0..length,
         starting at ``phase0`` (a float or ``(B,)``): ``phase0 + sum_{m < n} 2 pi / P(m // hop)``."""
-        steps = self.frame_steps(mel) / self.hop_length
-        idx = torch.div(torch.arange(length, device=mel.device), self.hop_length, rounding_mode="floor")
-        step = steps[:, idx.clamp(max=mel.shape[2] - 1)]
+        return self._free(self.frame_tracks(mel)[0], length, phase0)
+
+    def _free(self, period: torch.Tensor, length: int, phase0: torch.Tensor | float) -> torch.Tensor:
+        # sample n takes the period of frame n // hop, so that a stream can carry the phase past
+        # the frames it has already emitted alone (``advance``)
+        idx = sample_frames(0, length, period.shape[1], self.hop_length, 0, period.device)
+        step = 2 * math.pi / period[:, idx]
         phase = torch.cumsum(step, dim=1) - step
-        start = torch.as_tensor(phase0, dtype=torch.float64, device=mel.device).reshape(-1, 1)
+        start = torch.as_tensor(phase0, dtype=torch.float64, device=period.device).reshape(-1, 1)
         return torch.remainder(phase + start, 2 * math.pi)
 
     def advance(self, mel: torch.Tensor, phase0: torch.Tensor | float = 0.0) -> torch.Tensor:
-        """The free phase ``(B,)`` after all of ``mel``'s frames, starting at ``phase0``."""
+        """The free phase ``(B,)`` after all of ``mel``'s frames (``hop`` samples each), starting
+        at ``phase0``."""
         start = torch.as_tensor(phase0, dtype=torch.float64, device=mel.device).reshape(-1)
         if mel.shape[2] == 0:
             return start.expand(mel.shape[0]).clone()
-        return torch.remainder(self.frame_steps(mel).sum(dim=1) + start, 2 * math.pi)
+        period, _ = self.frame_tracks(mel)
+        return torch.remainder((2 * math.pi * self.hop_length / period).sum(dim=1) + start, 2 * math.pi)
 
     def locked_phase(self, residual: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         """Training phase ``(B, L)`` float64 from pulses picked in the LP residual ``(B, L)``."""
-        length = residual.shape[1]
-        period, voicing = self.frame_tracks(mel.detach())
-        idx = self.frame_index(0, length, mel.shape[2], mel.device)
-        per = period[:, idx].cpu().numpy()
+        return self._locked(residual, *self.frame_tracks(mel))
+
+    def _locked(self, residual: torch.Tensor, period: torch.Tensor, voicing: torch.Tensor) -> torch.Tensor:
+        idx = self._frames(residual.shape[1], period.shape[1], period.device)
+        per = period[:, idx].detach().cpu().numpy()
         voiced = (voicing[:, idx] > 0).cpu().numpy()
         mag = residual.detach().abs().double().cpu().numpy()
         out = np.stack([_phase_from_pulses(pick_pulses(mag[b], per[b], voiced[b]), per[b]) for b in range(len(mag))])
@@ -116,10 +134,12 @@ class PulseSource(nn.Module):
     # ------------------------------------------------------------------ channels
     def channels(self, mel: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
         """``(B, CHANNELS, L)`` in the mel's dtype for a phase ``(B, L)``."""
-        _, voicing = self.frame_tracks(mel)
-        v = voicing[:, self.frame_index(0, phase.shape[1], mel.shape[2], mel.device)]
+        return self._channels(self.frame_tracks(mel)[1], phase, mel.dtype)
+
+    def _channels(self, voicing: torch.Tensor, phase: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        v = voicing[:, self._frames(phase.shape[1], voicing.shape[1], voicing.device)]
         c, s = torch.cos(phase), torch.sin(phase)
-        return torch.stack([v * torch.exp(BUMP * (c - 1.0)), v * c, v * s], dim=1).to(mel.dtype)
+        return torch.stack([v * torch.exp(BUMP * (c - 1.0)), v * c, v * s], dim=1).to(dtype)
 
 
 def pick_pulses(mag: np.ndarray, period: np.ndarray, voiced: np.ndarray) -> np.ndarray:
