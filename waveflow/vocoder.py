@@ -109,11 +109,6 @@ def check_mel(mel: MelLike, n_mels: int, name: str = "mel", time_major: bool = F
     return mel if mel.dim() == 3 else mel.unsqueeze(0)
 
 
-def batch_dims(mel: MelLike) -> int:
-    """The number of dimensions of a numpy array or tensor."""
-    return mel.ndim if isinstance(mel, np.ndarray) else mel.dim()
-
-
 class Vocoder:
     """A WaveGlow prepared for synthesis: weight norm folded, 1x1 inverses cached, eval mode.
 
@@ -302,7 +297,7 @@ class Vocoder:
         batch = check_mel(mel, self.n_mels, time_major=time_major)
         frames = [batch.shape[2]] * batch.shape[0]
         if lengths is not None:
-            if batch_dims(mel) == 2:
+            if mel.ndim == 2:
                 raise ValueError("lengths= is for a padded batch (B, n_mels, frames); this mel is a single clip")
             frames = self._check_lengths(lengths, batch.shape[0], batch.shape[2])
             batch = batch.clone()
@@ -311,7 +306,7 @@ class Vocoder:
         out = self._synthesize(batch, frames, sigma, seed, generator, denoise)
         out = out.cpu().numpy() if isinstance(mel, np.ndarray) else out.to(mel.device)
         if lengths is None:
-            return out[0] if batch_dims(mel) == 2 else out
+            return out[0] if mel.ndim == 2 else out
         samples = [f * self.hop_length for f in frames]
         return out, (np.asarray(samples, dtype=np.int64) if isinstance(mel, np.ndarray) else torch.tensor(samples))
 
