@@ -259,7 +259,6 @@ class Trainer:
         self.writer = None
         self.dev_audio: list[torch.Tensor] | None = None
         self.init_from: dict[str, Any] | None = None  # the checkpoint a fine-tuning run started from
-        self.init_message = ""
 
     # -------------------------------------------------------------- state
     def checkpoint(self, **extra: Any) -> dict[str, Any]:
@@ -389,13 +388,14 @@ class Trainer:
             atomic_save(self.checkpoint(dev_nll=dev["nll_nats"]), self.out / "checkpoints" / "best.pt")
 
     # -------------------------------------------------------------- loop
-    def initialize_from(self, path: Path) -> None:
+    def initialize_from(self, path: Path) -> str:
         """Start a new run from another checkpoint's weights (``warm_start``); the optimizer,
-        step and RNG start afresh. The source is recorded in every checkpoint of the run."""
+        step and RNG start afresh. The source is recorded in every checkpoint of the run.
+        Returns the line to log."""
         data = read_checkpoint(path)
         grown = warm_start(self.model, data["model"], path)
         self.init_from = {"path": str(path), "step": int(data.get("step", 0))}
-        self.init_message = f"initialised from {path} (step {self.init_from['step']})" + (
+        return f"initialised from {path} (step {self.init_from['step']})" + (
             f"; {len(grown)} conditioning layers grew, their new inputs start at zero" if grown else ""
         )
 
@@ -537,7 +537,7 @@ def run(args: argparse.Namespace) -> None:
         raise TrainError("waveflow train writes TensorBoard logs: pip install 'waveflow[train]'") from None
     cfg = build_config(args.config, args.overrides)
     out = Path(args.out)
-    init_from = Path(args.init_from) if getattr(args, "init_from", None) else None
+    init_from = Path(args.init_from) if args.init_from else None
     if init_from is not None:
         if args.resume:
             raise TrainError("--init-from starts a new run; --resume continues one: pass one of them")
@@ -547,8 +547,8 @@ def run(args: argparse.Namespace) -> None:
     try:
         # everything is checked (data, device, precision) before the run folder is touched
         trainer = Trainer(cfg, Path(args.data), out, ctx, progress=not args.no_progress)
-        if init_from is not None:
-            trainer.initialize_from(init_from)  # a checkpoint that does not fit fails here, before --out is touched
+        # a checkpoint that does not fit fails here, before --out is touched
+        started = trainer.initialize_from(init_from) if init_from is not None else ""
         resume_from = None
         if ctx.main:
             resume_from = prepare_run_folder(out, cfg, args.resume, args.force)
@@ -559,8 +559,8 @@ def run(args: argparse.Namespace) -> None:
             last = sorted((out / "checkpoints").glob("step_*.pt"))
             resume_from = last[-1] if last else None
         with run_log(out / "train.log" if ctx.main else None):
-            if trainer.init_message:
-                log.info(trainer.init_message)
+            if started:
+                log.info(started)
             step = trainer.run(resume_from)
             if ctx.main:
                 print(f"stopped at step {step}; best dev NLL {trainer.best_dev:.4f} nats/sample; run folder {out}")
