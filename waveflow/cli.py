@@ -236,12 +236,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a message comes, not the stream
+    it was at the first ``main`` call: a host that calls ``main`` again with stderr redirected
+    (or captured, then closed) gets the messages where it now points."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(verbose: bool) -> None:
     """Messages of the ``waveflow`` logger to stderr; the root logger (the host program's) is left alone."""
     logger = logging.getLogger("waveflow")
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     if not any(getattr(h, "_waveflow_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("waveflow: %(message)s"))
         handler._waveflow_cli = True
         logger.addHandler(handler)
