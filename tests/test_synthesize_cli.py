@@ -10,8 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import REPO
+from test_pitch import harmonic
 from test_vocoder import random_mel, write_tiny_checkpoint
 
+from waveflow.audio import MelSpectrogram
 from waveflow.checkpoint import make_checkpoint
 from waveflow.cli import main
 from waveflow.config import make_config
@@ -174,6 +176,31 @@ def test_denoise_mode_option_picks_the_bias_rule(tmp_path, ckpt, capsys):
         assert run_in_process(capsys, *args).returncode == 0
         outs[mode] = sf.read(out)[0]
     assert not np.allclose(outs["waveflow"], outs["nvidia"])
+
+
+def test_postfilter_option_offline_and_streamed(tmp_path, ckpt, capsys):
+    """The option reaches both paths: a stream with it equals offline synthesis with it, and
+    a strength outside [0, 1] is one line that writes nothing."""
+    mel = tmp_path / "m.npy"
+    np.save(mel, MelSpectrogram()(harmonic(150.0, 0.4)).numpy())
+    outs = {}
+    for name, extra in [
+        ("off", ("--postfilter", "0")),
+        ("on", ("--postfilter", "1")),
+        ("stream", ("--postfilter", "1", "--stream")),
+    ]:
+        out = tmp_path / f"{name}.wav"
+        assert (
+            run_in_process(capsys, "synthesize", mel, "-o", out, "--checkpoint", ckpt, "--seed", "3", *extra).returncode
+            == 0
+        )
+        outs[name] = sf.read(out, dtype="float32")[0]
+    assert not np.allclose(outs["off"], outs["on"], atol=1e-4)  # a voiced mel: the filter acts
+    np.testing.assert_allclose(outs["stream"], outs["on"], atol=1e-4)
+    bad = tmp_path / "bad.wav"
+    result = run_in_process(capsys, "synthesize", mel, "-o", bad, "--checkpoint", ckpt, "--postfilter", "1.5")
+    assert_one_line_error(result, "--postfilter must be in [0, 1]")
+    assert not bad.exists()
 
 
 def test_inference_needs_neither_librosa_nor_tensorboard(tmp_path, clip):

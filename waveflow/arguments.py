@@ -45,6 +45,14 @@ def add_synthesize(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--denoise", type=float, default=0.0, help="bias-removal strength, e.g. 0.01 (default: off)")
     parser.add_argument(
+        "--postfilter",
+        type=float,
+        default=None,
+        metavar="STRENGTH",
+        help="harmonic post-filter strength in [0, 1], 0 turns it off (default: the checkpoint's; "
+        "0.5 for the bundled model)",
+    )
+    parser.add_argument(
         "--denoise-mode",
         choices=["auto", "waveflow", "nvidia"],
         default="auto",
@@ -85,6 +93,14 @@ def add_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=0, help="score only the first N clips (0: all)")
     parser.add_argument(
         "--sigma", type=float, default=None, help="std of the latent noise (default: the checkpoint's inference sigma)"
+    )
+    parser.add_argument(
+        "--postfilter",
+        type=float,
+        default=None,
+        metavar="STRENGTH",
+        help="harmonic post-filter strength in [0, 1], 0 turns it off (default: the checkpoint's; "
+        "0.5 for the bundled model)",
     )
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     parser.add_argument("--device", default="cpu", choices=DEVICES, help="where the model runs (default: cpu)")

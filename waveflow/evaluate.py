@@ -121,11 +121,13 @@ def nll(voc, audio: np.ndarray, mel: np.ndarray) -> tuple[float, float]:
     return float(result.nats), float(result.bits)
 
 
-def silence_rms(voc, sigma: float | None = None, seed: int = 0, seconds: float = 2.0) -> float:
+def silence_rms(
+    voc, sigma: float | None = None, seed: int = 0, seconds: float = 2.0, postfilter: float | None = None
+) -> float:
     """RMS of the audio for an all-silence mel (every band at the log floor): the model's hiss."""
     frames = max(1, round(seconds * voc.sample_rate / voc.hop_length))
     mel = np.full((voc.n_mels, frames), voc.silence, dtype=np.float32)
-    audio = voc(mel, sigma=sigma, seed=seed)
+    audio = voc(mel, sigma=sigma, seed=seed, postfilter=postfilter)
     return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
 
 
@@ -149,7 +151,14 @@ def find_clips(data: Path, split: str = "dev,test") -> list[Path]:
     return clips
 
 
-def evaluate(voc, clips: list[Path], sigma: float | None = None, seed: int = 0, griffin: bool = True) -> dict:
+def evaluate(
+    voc,
+    clips: list[Path],
+    sigma: float | None = None,
+    seed: int = 0,
+    griffin: bool = True,
+    postfilter: float | None = None,
+) -> dict:
     """Score copy synthesis of every clip; returns {"clips": [...], "summary": {system: means}}."""
     from tqdm import tqdm
 
@@ -161,7 +170,7 @@ def evaluate(voc, clips: list[Path], sigma: float | None = None, seed: int = 0, 
         mel = voc.mel(audio)
         row = {"clip": path.stem, "seconds": len(audio) / voc.sample_rate}
         t0 = time.perf_counter()
-        out = voc(mel, sigma=sigma, seed=seed)
+        out = voc(mel, sigma=sigma, seed=seed, postfilter=postfilter)
         row["synthesis_s"] = time.perf_counter() - t0
         row["waveflow"] = quality(audio, out, voc.sample_rate, voc.mel)
         row["waveflow"]["nll_nats"], row["waveflow"]["nll_bits"] = nll(voc, audio, mel)
@@ -176,7 +185,7 @@ def evaluate(voc, clips: list[Path], sigma: float | None = None, seed: int = 0, 
         summary[system] = {k: float(np.nanmean([r[system][k] for r in rows])) for k in keys}
     audio_s = sum(r["seconds"] for r in rows)
     summary["waveflow"]["real_time_factor"] = sum(r["synthesis_s"] for r in rows) / audio_s
-    summary["waveflow"]["silence_rms"] = silence_rms(voc, sigma, seed)
+    summary["waveflow"]["silence_rms"] = silence_rms(voc, sigma, seed, postfilter=postfilter)
     return {"clips": rows, "summary": summary, "n_clips": len(rows), "audio_seconds": audio_s}
 
 
@@ -206,13 +215,17 @@ def run(args: argparse.Namespace) -> None:
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise ValueError(f"{args.json}: cannot write, its folder does not exist")
     voc = load_vocoder(args.checkpoint, args.device)
-    result = evaluate(voc, clips, sigma=args.sigma, seed=args.seed, griffin=not args.no_griffin_lim)
+    result = evaluate(
+        voc, clips, sigma=args.sigma, seed=args.seed, griffin=not args.no_griffin_lim, postfilter=args.postfilter
+    )
     result["checkpoint"] = str(args.checkpoint or "bundled")
     result["sigma"] = voc.sigma if args.sigma is None else args.sigma
+    result["postfilter"] = voc.postfilter_strength if args.postfilter is None else args.postfilter
     print(format_table(result))
     summary = result["summary"]["waveflow"]
     print(
-        f"waveflow real-time factor: {summary['real_time_factor']:.3f} on {args.device}; "
+        f"waveflow at sigma {result['sigma']:g}, post-filter {result['postfilter']:g}: "
+        f"real-time factor {summary['real_time_factor']:.3f} on {args.device}; "
         f"output rms for an all-silence mel: {summary['silence_rms']:.2e}"
     )
     if args.json:

@@ -31,6 +31,17 @@ BAND_HZ = (65.0, 1500.0)
 PERIODS = (40, 320)  # samples
 SMOOTH_BINS = 9
 REFERENCE_HZ = 200.0
+VOICED = 0.5  # periodicity score where voicing starts
+VOICED_SPAN = 0.3  # score range over which voicing rises to 1
+
+
+def period_voicing(feats: torch.Tensor, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``MelPitch`` features ``(B, 2, F)`` -> period in samples and voicing in [0, 1] per frame,
+    ``(B, F)`` float64 each: ``voicing = clip((score - VOICED) / VOICED_SPAN, 0, 1)``."""
+    feats = feats.double()
+    period = sample_rate / (REFERENCE_HZ * torch.exp(feats[:, 0]))
+    voicing = ((feats[:, 1] - VOICED) / VOICED_SPAN).clamp(0.0, 1.0)
+    return period, voicing
 
 
 class MelPitch(nn.Module):

@@ -10,7 +10,7 @@ This module gives the flow the phase of the real pulses, so that the likelihood 
 Per sample n, from the mel alone (``MelPitch``: period P and periodicity score per frame,
 sample n in frame ``(n + frame_offset) // hop``):
 
-- voicing ``v = clip((score - VOICED) / VOICED_SPAN, 0, 1)``;
+- voicing ``v = clip((score - VOICED) / VOICED_SPAN, 0, 1)`` (``pitch.period_voicing``);
 - three channels ``v * exp(BUMP * (cos(phi) - 1))`` (a narrow peak at each pulse),
   ``v * cos(phi)`` and ``v * sin(phi)``, squeezed like the audio and appended to the
   conditioning of every coupling.
@@ -37,11 +37,9 @@ import torch
 from torch import nn
 
 from waveflow.audio import sample_frames
-from waveflow.pitch import REFERENCE_HZ, MelPitch
+from waveflow.pitch import MelPitch, period_voicing
 
 CHANNELS = 3  # bump, cos, sin
-VOICED = 0.5  # periodicity score where voicing starts
-VOICED_SPAN = 0.3  # score range over which voicing rises to 1
 BUMP = 30.0  # sharpness of the pulse channel
 SEARCH = (0.7, 1.3)  # where the next pulse is looked for, in periods after the last one
 
@@ -86,10 +84,7 @@ class PulseSource(nn.Module):
     # ------------------------------------------------------------------ tracks
     def frame_tracks(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Period in samples and voicing in [0, 1] per frame, ``(B, F)`` float64 each."""
-        feats = self.pitch(mel).double()
-        period = self.sample_rate / (REFERENCE_HZ * torch.exp(feats[:, 0]))
-        voicing = ((feats[:, 1] - VOICED) / VOICED_SPAN).clamp(0.0, 1.0)
-        return period, voicing
+        return period_voicing(self.pitch(mel), self.sample_rate)
 
     def _frames(self, length: int, frames: int, device: torch.device) -> torch.Tensor:
         """The frame of each of the window's samples 0..length (sample 0 at frame 0's offset)."""

@@ -8,6 +8,9 @@ field reaches past the window; with context covering the receptive field the two
 up to float rounding. A model with linear prediction runs its synthesis filter once over the
 emitted audio, carrying the filter's state from chunk to chunk, as offline synthesis does;
 a pulse source carries its free-running phase past the frames it drops.
+The harmonic post-filter (``waveflow.postfilter``) reads ``margin`` samples either side of a
+sample, so with it on, audio is held back by that margin more and filtered once every sample
+it reads has been synthesized; the utterance's end is filtered at ``flush``, as offline.
 The end of the utterance (``flush``) gets the same silent tail as offline synthesis.
 """
 
@@ -46,11 +49,15 @@ class StreamingVocoder:
         seed: int | None = None,
         lookahead: int | None = None,
         lookback: int | None = None,
+        postfilter: float | None = None,
     ) -> None:
         self.vocoder = vocoder
         self.sigma = vocoder.sigma if sigma is None else sigma
         if self.sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {self.sigma}")
+        self.postfilter = vocoder.postfilter_strength if postfilter is None else postfilter
+        if not isinstance(self.postfilter, (int, float)) or not 0 <= self.postfilter <= 1:
+            raise ValueError(f"postfilter strength must be a number in [0, 1], got {self.postfilter!r}")
         cfg = vocoder.model.cfg
         self.lookahead = default_lookahead(vocoder) if lookahead is None else int(lookahead)
         overlap = math.ceil(cfg.upsample_kernel / cfg.upsample_stride) - 1  # frames one upsampled step mixes
@@ -71,11 +78,20 @@ class StreamingVocoder:
         self._lp_state: torch.Tensor | None = None  # linear prediction: the last output samples
         self._phase = torch.zeros(1, dtype=torch.float64)  # pulse source: its phase at frame self._offset
         self._numpy = False  # the last chunk was a numpy array: return numpy
+        # post-filter: synthesized samples from absolute sample _pf_base, the next sample to
+        # return, and per-frame period and voicing from absolute frame _pf_frame0 on
+        self._pf_raw = torch.empty(0)
+        self._pf_base = 0
+        self._pf_out = 0
+        self._pf_frame0 = 0
+        self._pf_period = torch.empty(1, 0, dtype=torch.long)
+        self._pf_voicing = torch.empty(1, 0)
 
     @property
     def latency_ms(self) -> float:
-        """Algorithmic latency: the look-ahead, in milliseconds of audio."""
-        return 1000.0 * self.lookahead * self.vocoder.hop_length / self.vocoder.sample_rate
+        """Algorithmic latency: the look-ahead (and the post-filter's margin), in milliseconds."""
+        samples = self.lookahead * self.vocoder.hop_length + (self.vocoder.postfilter.margin if self.postfilter else 0)
+        return 1000.0 * samples / self.vocoder.sample_rate
 
     @property
     def rtf(self) -> float:
@@ -93,8 +109,12 @@ class StreamingVocoder:
             raise ValueError(f"mel chunk has shape {tuple(chunk.shape)}; expected ({self.vocoder.n_mels}, frames)")
         self._numpy = isinstance(mel, np.ndarray)
         self._mel = torch.cat([self._mel, chunk[0].cpu()], dim=1)
+        if self.postfilter:  # the tracks are a function of each frame alone
+            period, voicing = self.vocoder.postfilter.frame_tracks(chunk[:1].to(self.vocoder.device))
+            self._pf_period = torch.cat([self._pf_period, period.cpu()], dim=1)
+            self._pf_voicing = torch.cat([self._pf_voicing, voicing.cpu()], dim=1)
         total = self._offset + self._mel.shape[1]
-        return self._out(self._emit(total - self.lookahead, total))
+        return self._out(self._filter(self._emit(total - self.lookahead, total), final=False))
 
     def flush(self) -> MelLike:
         """End of utterance: the remaining audio (with offline synthesis's silent tail as context),
@@ -104,7 +124,7 @@ class StreamingVocoder:
         total = self._offset + self._mel.shape[1]
         tail = torch.full((self.vocoder.n_mels, self.vocoder.tail_frames), self.vocoder.silence)
         self._mel = torch.cat([self._mel, tail], dim=1)
-        out = self._emit(total, total + self.vocoder.tail_frames)
+        out = self._filter(self._emit(total, total + self.vocoder.tail_frames), final=True)
         self._done = True
         return self._out(out)
 
@@ -144,6 +164,33 @@ class StreamingVocoder:
             self._mel = self._mel[:, drop:]
             self._offset += drop
         return audio
+
+    def _filter(self, audio: torch.Tensor, final: bool) -> torch.Tensor:
+        """The post-filter stage: take newly synthesized samples, return those whose filter input
+        is complete (every one left at the end)."""
+        if not self.postfilter:
+            return audio
+        t0 = time.perf_counter()
+        pf, margin, hop = self.vocoder.postfilter, self.vocoder.postfilter.margin, self.vocoder.hop_length
+        self._pf_raw = torch.cat([self._pf_raw, audio])
+        end = self._pf_base + self._pf_raw.numel()
+        ready = end if final else end - margin
+        if ready <= self._pf_out:
+            return torch.empty(0)
+        lo = max(self._pf_out - margin, self._pf_base)
+        x = self._pf_raw[lo - self._pf_base :]
+        period, voicing = pf.sample_tracks(self._pf_period, self._pf_voicing, lo - self._pf_frame0 * hop, x.numel())
+        out = pf.apply(x[None], period, voicing, self.postfilter)[0, self._pf_out - lo : ready - lo]
+        self._pf_out = ready
+        keep = max(self._pf_out - margin, 0)  # forget what no later sample reads
+        self._pf_raw = self._pf_raw[keep - self._pf_base :]
+        self._pf_base = keep
+        first_frame = max(0, (keep + pf.frame_offset) // hop)
+        self._pf_period = self._pf_period[:, first_frame - self._pf_frame0 :]
+        self._pf_voicing = self._pf_voicing[:, first_frame - self._pf_frame0 :]
+        self._pf_frame0 = first_frame
+        self.compute_s += time.perf_counter() - t0
+        return out
 
     def stream(self, chunks: Iterable[MelLike]) -> Iterator[MelLike]:
         """Yield audio for an iterable of mel chunks, ending with the flush."""

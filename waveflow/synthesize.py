@@ -118,6 +118,8 @@ def run(args: argparse.Namespace) -> None:
         raise SynthesisError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.stream and args.chunk_frames < 1:
         raise SynthesisError(f"--chunk-frames must be >= 1, got {args.chunk_frames}")
+    if args.postfilter is not None and not 0 <= args.postfilter <= 1:
+        raise SynthesisError(f"--postfilter must be in [0, 1] (0: off), got {args.postfilter}")
     pairs = plan(Path(args.input), Path(args.output))
     if args.reference:  # before anything is written: a missing extra or file must not cost the output
         from waveflow.evaluate import _need
@@ -145,7 +147,13 @@ def run(args: argparse.Namespace) -> None:
             if args.stream:
                 outs = [_stream(voc, mels[i], args) for i in idx]
             else:
-                outs = voc([mels[i] for i in idx], sigma=args.sigma, seed=args.seed, denoise=args.denoise)
+                outs = voc(
+                    [mels[i] for i in idx],
+                    sigma=args.sigma,
+                    seed=args.seed,
+                    denoise=args.denoise,
+                    postfilter=args.postfilter,
+                )
             for i, audio in zip(idx, outs, strict=False):
                 save_wav(pairs[i][1], audio, voc.sample_rate)
                 seconds += len(audio) / voc.sample_rate
@@ -167,7 +175,7 @@ def _drop_linear_mel_warnings(record: logging.LogRecord) -> bool:
 def _stream(voc, mel: np.ndarray, args: argparse.Namespace) -> np.ndarray:
     from waveflow.streaming import StreamingVocoder
 
-    stream = StreamingVocoder(voc, sigma=args.sigma, seed=args.seed)
+    stream = StreamingVocoder(voc, sigma=args.sigma, seed=args.seed, postfilter=args.postfilter)
     pieces = [stream.push(mel[:, i : i + args.chunk_frames]) for i in range(0, mel.shape[1], args.chunk_frames)]
     pieces.append(stream.flush())
     print(

@@ -40,6 +40,7 @@ from waveflow.config import Config, ConfigError, config_from_dict, load_config, 
 from waveflow.data import SegmentBatches, batch_loader, load_prepared
 from waveflow.loss import flow_nll, nll_per_example
 from waveflow.model import WaveGlow
+from waveflow.postfilter import HarmonicPostfilter
 
 log = logging.getLogger("waveflow")
 
@@ -359,7 +360,10 @@ class Trainer:
                 audio = audio[None].to(self.device)
                 mel = self.mel_fn(audio)
                 gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed + i)
-                synth = model.infer(mel, sigma=cfg.train.eval_sigma, generator=gen).clamp(-1, 1)
+                synth = model.infer(mel, sigma=cfg.train.eval_sigma, generator=gen)
+                if cfg.train.eval_postfilter:  # as the checkpoint will be heard (Vocoder's default)
+                    synth = HarmonicPostfilter.for_mel(cfg.mel).to(self.device)(synth, mel, cfg.train.eval_postfilter)
+                synth = synth.clamp(-1, 1)
                 rate = cfg.mel.sample_rate
                 self.writer.add_audio(f"dev/audio_{i}", synth[0].cpu(), self.step, sample_rate=rate)
                 self.writer.add_audio(f"dev/audio_{i}_ground_truth", audio[0].cpu(), self.step, sample_rate=rate)

@@ -30,6 +30,7 @@ from waveflow.audio import MelSpectrogram
 from waveflow.checkpoint import load_checkpoint
 from waveflow.config import Config
 from waveflow.model import WaveGlow
+from waveflow.postfilter import HarmonicPostfilter
 
 log = logging.getLogger("waveflow")
 
@@ -139,6 +140,7 @@ class Vocoder:
         self._mel = MelSpectrogram(config.mel).to(self.device)
         self._denoiser = None
         self.denoise_mode = denoise_mode  # "nvidia" for NVIDIA's checkpoints: see waveflow.denoiser
+        self._postfilter: HarmonicPostfilter | None = None
 
     @classmethod
     def from_checkpoint(
@@ -264,6 +266,19 @@ class Vocoder:
         a model over the LP residual is judged at its own), used when a call gives none."""
         return self.config.train.eval_sigma
 
+    @property
+    def postfilter_strength(self) -> float:
+        """The checkpoint's harmonic post-filter strength (``train.eval_postfilter``, 0: off),
+        used when a call gives none."""
+        return self.config.train.eval_postfilter
+
+    @property
+    def postfilter(self) -> HarmonicPostfilter:
+        """The ``HarmonicPostfilter`` for this model's mel convention (built on first use)."""
+        if self._postfilter is None:
+            self._postfilter = HarmonicPostfilter.for_mel(self.config.mel)
+        return self._postfilter
+
     def __call__(
         self,
         mel: MelLike | list[MelLike],
@@ -273,6 +288,7 @@ class Vocoder:
         denoise: float = 0.0,
         lengths: Sequence[int] | np.ndarray | torch.Tensor | None = None,
         time_major: bool = False,
+        postfilter: float | None = None,
     ) -> MelLike | list[MelLike] | tuple[MelLike, MelLike]:
         """Synthesize audio.
 
@@ -283,6 +299,8 @@ class Vocoder:
         ``seed`` fixes z (see the module docstring); without it a seed is drawn from
         ``generator`` or torch's global RNG. ``denoise``: bias-removal strength (0: off).
         ``sigma``: the std of z; None takes the checkpoint's (``Vocoder.sigma``).
+        ``postfilter``: harmonic post-filter strength in [0, 1] (``waveflow.postfilter``; 0: off);
+        None takes the checkpoint's (``Vocoder.postfilter_strength``).
 
         ``lengths`` (B,): the valid frames of each mel of a zero-padded batch, as a TTS model's
         padded output comes. Frames past a length are replaced by silence before synthesis and
@@ -290,10 +308,14 @@ class Vocoder:
         ``(audio (B, T * hop), audio lengths (B,) = lengths * hop)``, both numpy for numpy input.
         """
         sigma = self.sigma if sigma is None else sigma
+        postfilter = self.postfilter_strength if postfilter is None else postfilter
+        if not isinstance(postfilter, (int, float)) or not 0 <= postfilter <= 1:
+            raise ValueError(f"postfilter strength must be a number in [0, 1], got {postfilter!r}")
+        options = (sigma, seed, generator, denoise, float(postfilter))
         if isinstance(mel, (list, tuple)):
             if lengths is not None:
                 raise ValueError("lengths= is for a padded batch array; a list already gives each mel its length")
-            return self._call_list(list(mel), sigma, seed, generator, denoise, time_major)
+            return self._call_list(list(mel), options, time_major)
         batch = check_mel(mel, self.n_mels, time_major=time_major)
         frames = [batch.shape[2]] * batch.shape[0]
         if lengths is not None:
@@ -303,7 +325,7 @@ class Vocoder:
             batch = batch.clone()
             for i, f in enumerate(frames):
                 batch[i, :, f:] = self.silence
-        out = self._synthesize(batch, frames, sigma, seed, generator, denoise)
+        out = self._synthesize(batch, frames, *options)
         out = out.cpu().numpy() if isinstance(mel, np.ndarray) else out.to(mel.device)
         if lengths is None:
             return out[0] if mel.ndim == 2 else out
@@ -317,7 +339,7 @@ class Vocoder:
             raise ValueError(f"lengths {values!r}: expected {batch} integers in 1..{frames} (valid frames per mel)")
         return [int(v) for v in values]
 
-    def _call_list(self, mels, sigma, seed, generator, denoise, time_major) -> list[MelLike]:
+    def _call_list(self, mels, options: tuple, time_major: bool) -> list[MelLike]:
         if not mels:
             return []
         checked = [check_mel(m, self.n_mels, name=f"mel {i}", time_major=time_major) for i, m in enumerate(mels)]
@@ -329,7 +351,7 @@ class Vocoder:
         batch = torch.full((len(checked), self.n_mels, longest), self.silence)
         for i, m in enumerate(checked):
             batch[i, :, : frames[i]] = m[0].cpu()
-        out = self._synthesize(batch, frames, sigma, seed, generator, denoise)
+        out = self._synthesize(batch, frames, *options)
         results = []
         for i, m in enumerate(mels):
             clip = out[i, : frames[i] * self.hop_length]
@@ -344,6 +366,7 @@ class Vocoder:
         seed: int | None,
         generator: torch.Generator | None,
         denoise: float,
+        postfilter: float = 0.0,
     ) -> torch.Tensor:
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
@@ -354,6 +377,9 @@ class Vocoder:
             audio = self.synthesize_window(mel, 0, seed, sigma)[:, : batch.shape[2] * self.hop_length]
             for i, f in enumerate(frames):  # padded clips: silence, not the tail's audio, after the end
                 audio[i, f * self.hop_length :] = 0.0
+                if postfilter > 0:  # clip by clip, ending where the clip ends, as a stream does
+                    clip = audio[i : i + 1, : f * self.hop_length]
+                    audio[i, : f * self.hop_length] = self.postfilter(clip, mel[i : i + 1, :, :f], postfilter)[0]
                 if denoise > 0:  # clip by clip, so that a clip's padding never enters its spectrum
                     audio[i, : f * self.hop_length] = self.denoiser(audio[i : i + 1, : f * self.hop_length], denoise)[0]
         return audio
