@@ -26,6 +26,7 @@ def card(args, data: dict) -> dict:
         out["quality"] = {
             "clips": [c["clip"] for c in scores["clips"]],
             "sigma": scores.get("sigma"),
+            "postfilter": scores.get("postfilter", 0.0),
             **{system: {k: float(f"{v:.4g}") for k, v in means.items()} for system, means in scores["summary"].items()},
         }
     return out
@@ -42,6 +43,12 @@ def main() -> int:
         default=None,
         help="inference sigma to ship (stored as train.eval_sigma; default: the run's own)",
     )
+    p.add_argument(
+        "--postfilter",
+        type=float,
+        default=None,
+        help="harmonic post-filter strength to ship (stored as train.eval_postfilter; default: the run's own)",
+    )
     p.add_argument("--data", default="", help="model card: what it was trained on")
     p.add_argument(
         "--evaluation", default=None, help="model card: a `waveflow evaluate --json` file whose means are stored"
@@ -51,6 +58,8 @@ def main() -> int:
     cfg = checkpoint_config(data, args.checkpoint)
     if args.sigma is not None:
         cfg = with_overrides(cfg, "train", eval_sigma=args.sigma)
+    if args.postfilter is not None:
+        cfg = with_overrides(cfg, "train", eval_postfilter=args.postfilter)
     weights = {k: v.half() if v.is_floating_point() else v for k, v in data["model"].items()}
     bundled = {
         "format": FORMAT,

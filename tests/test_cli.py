@@ -47,7 +47,7 @@ def test_version_and_info_of_the_bundled_model():
         "preset 'realtime'",
         "linear prediction order 24",
         "mel: 80 bands, 22050 Hz",
-        "inference sigma 0.7",
+        "inference sigma 0.7, harmonic post-filter 0.5",
         "a pulse source",
         "fine-tuned from ljspeech_mini.pt (step 9000)",
         "training: step",

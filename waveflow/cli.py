@@ -88,7 +88,9 @@ def _cmd_info(args: argparse.Namespace) -> None:
         f"mel: {mel.n_mels} bands, {mel.sample_rate} Hz, n_fft {mel.n_fft}, hop {mel.hop_length}, "
         f"{mel.f_min:g}-{mel.f_max:g} Hz, preset {mel.preset!r}"
     )
-    print(f"inference sigma {cfg.train.eval_sigma:g} (training sigma {cfg.train.sigma:g})")
+    strength = cfg.train.eval_postfilter
+    postfilter = f"harmonic post-filter {strength:g}" if strength else "no post-filter"
+    print(f"inference sigma {cfg.train.eval_sigma:g}, {postfilter} (training sigma {cfg.train.sigma:g})")
     facts = [f"step {data['step']}" if "step" in data else None]
     if data.get("init_from"):
         start = data["init_from"]
@@ -105,11 +107,16 @@ def _cmd_info(args: argparse.Namespace) -> None:
     if card.get("data"):
         print(f"data: {card['data']}")
     quality = card.get("quality") or {}
+    clips = len(quality.get("clips", []))
+    settings = {
+        "waveflow": f"sigma {quality.get('sigma')}, post-filter {quality.get('postfilter', 0)}",
+        "griffin_lim": "60 iterations",
+    }
     for system in ("waveflow", "griffin_lim"):
         if system in quality:
             q = quality[system]
             print(
-                f"quality ({system}, {len(quality.get('clips', []))} clips, sigma {quality.get('sigma')}): "
+                f"quality ({system}, {clips} clips, {settings[system]}): "
                 + ", ".join(f"{k} {q[k]}" for k in ("mel_l1", "pesq_wb", "stoi", "nll_nats", "silence_rms") if k in q)
             )
 
