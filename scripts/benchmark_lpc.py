@@ -7,7 +7,9 @@ adds on top, as in the bundled model.
     python scripts/benchmark_lpc.py                      # realtime preset, 1 s and 10 s, 2 threads
     python scripts/benchmark_lpc.py --presets realtime,small --seconds 1,10 --order 24
 
-Every figure is the median of ``--runs`` timed runs after one untimed run.
+Every figure is the median of ``--runs`` timed rounds after one untimed round; a round runs
+every measured call once, so that a slow spell of a shared machine hits them all alike
+(timed one after another, the LP share moved between 9% and 14% from run to run).
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ SAMPLE_RATE = 22050
 HOP = 256
 
 
-def median_ms(fn, runs: int, *args) -> float:
-    fn(*args)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+def interleaved_median_ms(calls: dict, runs: int) -> dict:
+    """``{name: (fn, *args)}`` -> ``{name: median ms}``, the calls taking turns."""
+    times: dict = {name: [] for name in calls}
+    for round_ in range(runs + 1):
+        for name, (fn, *args) in calls.items():
+            t0 = time.perf_counter()
+            fn(*args)
+            if round_:  # the first round warms up
+                times[name].append(time.perf_counter() - t0)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
 def source_channels(source, mel: torch.Tensor) -> torch.Tensor:
@@ -47,7 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", default="1,10")
     p.add_argument("--order", type=int, default=24)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--runs", type=int, default=15)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, LP order {args.order}, batch 1")
@@ -65,12 +69,16 @@ def main(argv=None) -> int:
             frames = round(seconds * SAMPLE_RATE / HOP)
             mel = torch.randn(1, 80, frames, generator=torch.Generator().manual_seed(0)) - 5
             e = torch.randn(1, frames * HOP)
+            calls = {
+                "plain": (plain.infer, mel),
+                "lp_model": (lp_model.infer, mel),
+                "lp": (lp_model.lpc.inverse, e, mel),
+                "src_model": (src_model.infer, mel),
+                "src": (source_channels, src_model.source, mel),
+            }
             with torch.inference_mode():
-                t_plain = median_ms(plain.infer, args.runs, mel)
-                t_lp_model = median_ms(lp_model.infer, args.runs, mel)
-                t_lp = median_ms(lp_model.lpc.inverse, args.runs, e, mel)
-                t_src_model = median_ms(src_model.infer, args.runs, mel)
-                t_src = median_ms(source_channels, args.runs, src_model.source, mel)
+                ms = interleaved_median_ms(calls, args.runs)
+            t_plain, t_lp_model, t_lp, t_src_model, t_src = (ms[k] for k in calls)
             audio_ms = 1000 * frames * HOP / SAMPLE_RATE
             print(
                 f"| {preset} | {seconds:g} | {t_plain:.1f} | {t_lp_model:.1f} | {t_lp:.1f} | "

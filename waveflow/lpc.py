@@ -190,8 +190,9 @@ def levinson(r: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
     a = torch.zeros_like(r)
     a = torch.cat([torch.ones_like(r[..., :1]), a[..., 1:]], dim=-1)
     err = r[..., 0]
+    r_rev = r[..., : order + 1].flip(-1)  # r_p .. r_0: r[1 .. i] reversed is r_rev[p - i .. p - 1]
     for i in range(1, order + 1):
-        acc = (a[..., :i] * r[..., 1 : i + 1].flip(-1)).sum(-1)
+        acc = (a[..., :i] * r_rev[..., order - i : order]).sum(-1)
         k = (-acc / err.clamp(min=1e-300)).clamp(-1 + 1e-12, 1 - 1e-12)
         updated = a[..., 1 : i + 1] + k[..., None] * a[..., :i].flip(-1)
         a = torch.cat([a[..., :1], updated, a[..., i + 1 :]], dim=-1)
@@ -199,10 +200,24 @@ def levinson(r: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
     return a, err
 
 
+def _matvec(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``m (..., i, j) @ v (..., j) -> (..., i)``. As an einsum: for the many tiny products here
+    (a frame's 24 x 24 map) it runs 3-4x faster on CPU than matmul's batched GEMM."""
+    return torch.einsum("...ij,...j->...i", m, v)
+
+
+def _exporting() -> bool:
+    """Tracing for TorchScript or ONNX: take the gather forms, which both export."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def _state_matrix(a: torch.Tensor) -> torch.Tensor:
     """``(..., p + 1)`` -> ``(..., p, p)``: U with ``(U s)[j] = -sum_{k > j} a_k x[j - k]`` for a state
     ``s = x[-p .. -1]``, the part of the filter's sum at sample j that reaches before the block."""
     p = a.shape[-1] - 1
+    if not _exporting():  # U[j, m] = -a[p + j - m] for m >= j: windows of [0 x (p - 1), a_p .. a_1]
+        zp = F.pad(-a[..., 1:].flip(-1), (p - 1, 0))
+        return zp.unfold(-1, p, 1).flip(-2)
     j = torch.arange(p, device=a.device)[:, None]
     m = torch.arange(p, device=a.device)[None, :]
     lag = (p + j - m).clamp(max=p)  # k = p + j - m, valid for m >= j
@@ -218,20 +233,30 @@ def _fold_state(u: torch.Tensor, at: int, a_first: torch.Tensor, state: torch.Te
     n = a_first.shape[1]
     rows = _state_matrix(a_first)  # (B, n, p, p): row j of sample j's matrix is what sample j needs
     diag = torch.arange(n, device=u.device)
-    corr = torch.matmul(rows[:, diag, diag], state.unsqueeze(-1)).squeeze(-1)
+    corr = _matvec(rows[:, diag, diag], state)
     return torch.cat([u[:, :at], u[:, at : at + n] + corr, u[:, at + n :]], dim=1)
 
 
 def _impulse_response(a: torch.Tensor, length: int) -> torch.Tensor:
     """First ``length`` samples of 1/A(z)'s impulse response: ``(..., p + 1)`` -> ``(..., length)``."""
-    rev = a[..., 1:].flip(-1)  # a_p .. a_1
-    window = torch.cat([torch.zeros_like(rev[..., :-1]), torch.ones_like(rev[..., :1])], dim=-1)  # h[-p+1 .. 0]
+    neg_rev = -a[..., 1:].flip(-1)  # -a_p .. -a_1
+    window = torch.cat([torch.zeros_like(neg_rev[..., :-1]), torch.ones_like(neg_rev[..., :1])], dim=-1)  # h[-p+1 .. 0]
     out = [window[..., -1:]]
     for _ in range(1, length):
-        nxt = -(rev * window).sum(-1, keepdim=True)
+        nxt = torch.einsum("...j,...j->...", window, neg_rev).unsqueeze(-1)  # one op where mul, sum, neg were three
         window = torch.cat([window[..., 1:], nxt], dim=-1)
         out.append(nxt)
     return torch.cat(out, dim=-1)
+
+
+def _lower_toeplitz(h: torch.Tensor) -> torch.Tensor:
+    """``(..., S)`` -> ``(..., S, S)`` with ``[i, j] = h[i - j]``, 0 above the diagonal."""
+    sub = h.shape[-1]
+    if not _exporting():  # windows of [0 x (S - 1), h], reversed: a view and one copy instead of a gather
+        return F.pad(h, (sub - 1, 0)).unfold(-1, sub, 1).flip(-1)
+    rows = torch.arange(sub, device=h.device)
+    lag = rows[:, None] - rows[None, :]
+    return h[..., lag.clamp(min=0)] * (lag >= 0).to(h.dtype)  # a gather: ONNX cannot export this unfold
 
 
 def _blocked_all_pole(u: torch.Tensor, a: torch.Tensor, sub: int, scan_levels: int | None) -> torch.Tensor:
@@ -241,17 +266,14 @@ def _blocked_all_pole(u: torch.Tensor, a: torch.Tensor, sub: int, scan_levels: i
     p = a.shape[-1] - 1
     k = hop // sub
     h = _impulse_response(a, sub)  # (B, NB, S)
-    # toeplitz[i, j] = h[i - j], 0 above the diagonal (a gather: ONNX cannot export unfold here)
-    rows = torch.arange(sub, device=u.device)
-    lag = rows[:, None] - rows[None, :]
-    toeplitz = h[..., lag.clamp(min=0)] * (lag >= 0).to(h.dtype)  # (B, NB, S, S)
+    toeplitz = _lower_toeplitz(h)  # (B, NB, S, S)
     zir = torch.matmul(toeplitz[..., :p], _state_matrix(a))  # (B, NB, S, p): response to the incoming state
     step = zir[..., sub - p :, :]  # (B, NB, p, p): state after one sub-block, from the state before it
     forced = torch.matmul(toeplitz, u.view(batch, nb, k, sub).transpose(-1, -2))  # (B, NB, S, k)
     # State at each frame's end from a zero state at its start, and the frame's transition matrix.
     c = u.new_zeros(batch, nb, p)
     for j in range(k):
-        c = torch.matmul(step, c.unsqueeze(-1)).squeeze(-1) + forced[..., sub - p :, j]
+        c = _matvec(step, c) + forced[..., sub - p :, j]
     trans = step
     for _ in range(int(math.log2(k))):
         trans = torch.matmul(trans, trans)
@@ -259,7 +281,7 @@ def _blocked_all_pole(u: torch.Tensor, a: torch.Tensor, sub: int, scan_levels: i
     s = torch.cat([u.new_zeros(batch, 1, p), ends[:, :-1]], dim=1)  # state entering every frame
     outs = []
     for j in range(k):
-        xj = forced[..., j] + torch.matmul(zir, s.unsqueeze(-1)).squeeze(-1)
+        xj = forced[..., j] + _matvec(zir, s)
         outs.append(xj)
         s = xj[..., sub - p :]
     return torch.stack(outs, dim=2).reshape(batch, nb, hop)
@@ -279,7 +301,7 @@ def _affine_scan(m: torch.Tensor, c: torch.Tensor, levels: int | None = None, ch
     c = F.pad(c, (0, 0, 0, pad)).view(batch, -1, chunk, p)
     local_m, local_c = [m[:, :, 0]], [c[:, :, 0]]  # maps from each chunk's entry state
     for j in range(1, chunk):
-        local_c.append(torch.matmul(m[:, :, j], local_c[-1].unsqueeze(-1)).squeeze(-1) + c[:, :, j])
+        local_c.append(_matvec(m[:, :, j], local_c[-1]) + c[:, :, j])
         local_m.append(torch.matmul(m[:, :, j], local_m[-1]))
     cm, cc = local_m[-1], local_c[-1]  # (B, chunks, p, p), (B, chunks, p): one map per chunk
     chunks = cm.shape[1]
@@ -289,10 +311,10 @@ def _affine_scan(m: torch.Tensor, c: torch.Tensor, levels: int | None = None, ch
     for _ in range(levels):
         c_prev = F.pad(cc, (0, 0, offset, 0))[:, :chunks]
         m_prev = F.pad(cm, (0, 0, 0, 0, offset, 0))[:, :chunks]
-        cc = torch.matmul(cm, c_prev.unsqueeze(-1)).squeeze(-1) + cc
+        cc = _matvec(cm, c_prev) + cc
         cm = torch.matmul(cm, m_prev)
         offset *= 2
     entry = torch.cat([torch.zeros_like(cc[:, :1]), cc[:, :-1]], dim=1)  # state entering each chunk
     lm, lc = torch.stack(local_m, dim=2), torch.stack(local_c, dim=2)
-    out = torch.matmul(lm, entry[:, :, None, :, None]).squeeze(-1) + lc
+    out = _matvec(lm, entry[:, :, None, :]) + lc
     return out.reshape(batch, -1, p)[:, :n]
