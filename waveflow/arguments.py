@@ -33,6 +33,18 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_postfilter(parser: argparse.ArgumentParser) -> None:
+    """``--postfilter``, shared by synthesize and evaluate."""
+    parser.add_argument(
+        "--postfilter",
+        type=float,
+        default=None,
+        metavar="STRENGTH",
+        help="harmonic post-filter strength in [0, 1], 0 turns it off (default: the checkpoint's; "
+        "0.5 for the bundled model)",
+    )
+
+
 def add_synthesize(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="a mel (.npy or .pt, shape (n_mels, frames)) or a folder of them")
     parser.add_argument("-o", "--output", required=True, help="output .wav, or a folder for a folder of mels")
@@ -44,14 +56,7 @@ def add_synthesize(parser: argparse.ArgumentParser) -> None:
         help="std of the latent noise (default: the checkpoint's inference sigma, 0.6 for WaveGlow)",
     )
     parser.add_argument("--denoise", type=float, default=0.0, help="bias-removal strength, e.g. 0.01 (default: off)")
-    parser.add_argument(
-        "--postfilter",
-        type=float,
-        default=None,
-        metavar="STRENGTH",
-        help="harmonic post-filter strength in [0, 1], 0 turns it off (default: the checkpoint's; "
-        "0.5 for the bundled model)",
-    )
+    add_postfilter(parser)
     parser.add_argument(
         "--denoise-mode",
         choices=["auto", "waveflow", "nvidia"],
@@ -94,14 +99,7 @@ def add_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sigma", type=float, default=None, help="std of the latent noise (default: the checkpoint's inference sigma)"
     )
-    parser.add_argument(
-        "--postfilter",
-        type=float,
-        default=None,
-        metavar="STRENGTH",
-        help="harmonic post-filter strength in [0, 1], 0 turns it off (default: the checkpoint's; "
-        "0.5 for the bundled model)",
-    )
+    add_postfilter(parser)
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     parser.add_argument("--device", default="cpu", choices=DEVICES, help="where the model runs (default: cpu)")
     parser.add_argument("--json", default=None, help="also write the per-clip scores and means here")

@@ -49,6 +49,12 @@ class MelConfig:
                 "the hifigan preset pads (n_fft - hop_length) / 2 each side; that must be an integer",
             )
 
+    @property
+    def frame_offset(self) -> int:
+        """Sample n belongs to frame ``(n + frame_offset) // hop``: centred frames (default) start
+        half a hop early; hifigan's frame f is centred on ``f * hop + hop / 2``."""
+        return self.hop_length // 2 if self.preset == "default" else 0
+
     def frames(self, num_samples: int) -> int:
         """Number of mel frames this convention produces for ``num_samples`` samples."""
         if self.preset == "hifigan":

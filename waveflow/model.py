@@ -44,8 +44,7 @@ class WaveGlow(nn.Module):
         self._composed: list[ComposedConditioning] | None = None
         mel = mel or MelConfig(n_mels=cfg.n_mels, hop_length=cfg.hop_length)
         self.lpc: LinearPrediction | None = None
-        # centred frames (default) start half a hop early; hifigan's frame f is centred on f * hop + hop / 2
-        frame_offset = mel.hop_length // 2 if mel.preset == "default" else 0
+        frame_offset = mel.frame_offset
         if cfg.lpc_order:
             if (mel.n_mels, mel.hop_length) != (cfg.n_mels, cfg.hop_length):
                 raise ValueError(

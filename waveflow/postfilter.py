@@ -18,7 +18,7 @@ alone):
 
 ``h`` a linear-phase low-pass FIR (windowed sinc, ``CUTOFF_HZ``). Below the cut-off the comb's
 gain at frequency f is ``1 + strength (cos(2 pi f T) - 1)``: 1 at every harmonic of 1/T,
-``1 - 2 strength`` half-way between two. ``strength`` 0.5 (``DEFAULT_STRENGTH``) is the
+``1 - 2 strength`` half-way between two. ``strength`` 0.5 (the bundled model's) is the
 raised-cosine comb ``(x[n - T] + 2 x[n] + x[n + T]) / 4``, ``cos^2(pi f T)``: harmonics pass,
 the midpoints between them are nulled, and nothing is inverted. Unvoiced frames (v = 0) and
 everything above the cut-off are untouched.
@@ -42,8 +42,14 @@ from waveflow.config import MelConfig
 from waveflow.pitch import PERIODS, MelPitch, period_voicing
 
 CUTOFF_HZ = 2000.0
-DEFAULT_STRENGTH = 0.5
 FIR_HALF = 32  # taps each side of the low-pass FIR (65 taps, 1.5 ms at 22050 Hz)
+
+
+def check_strength(strength: float) -> float:
+    """A post-filter strength as a float, or a ValueError saying what was expected."""
+    if not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise ValueError(f"postfilter strength must be a number in [0, 1], got {strength!r}")
+    return float(strength)
 
 
 def lowpass_taps(cutoff_hz: float, sample_rate: int, half: int = FIR_HALF) -> torch.Tensor:
@@ -68,7 +74,8 @@ def _fir(x: torch.Tensor, taps: torch.Tensor, block: int = 1024) -> torch.Tensor
 class HarmonicPostfilter(nn.Module):
     """``postfilter(audio (B, T), mel (B, n_mels, F), strength) -> (B, T)`` for audio whose
     sample 0 is the mel's frame 0 (``start`` shifts it: sample 0 is sample ``start`` of the
-    mel's time line). ``tracks`` and ``apply`` split the two steps for streaming."""
+    mel's time line). ``frame_tracks``, ``sample_tracks`` and ``apply`` split the steps for
+    streaming."""
 
     def __init__(
         self,
@@ -91,9 +98,8 @@ class HarmonicPostfilter(nn.Module):
 
     @classmethod
     def for_mel(cls, mel: MelConfig) -> HarmonicPostfilter:
-        """The post-filter for a mel convention (centred frames for the default preset)."""
-        offset = mel.hop_length // 2 if mel.preset == "default" else 0
-        return cls(mel.n_mels, mel.sample_rate, mel.n_fft, mel.hop_length, mel.f_min, mel.f_max, offset)
+        """The post-filter for a mel convention."""
+        return cls(mel.n_mels, mel.sample_rate, mel.n_fft, mel.hop_length, mel.f_min, mel.f_max, mel.frame_offset)
 
     def frame_tracks(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Period in whole samples (long) and voicing (float32) per frame, ``(B, F)`` each."""

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
+from waveflow.postfilter import check_strength
 from waveflow.vocoder import MelLike, Vocoder, check_mel, receptive_field_frames
 
 MAX_DEFAULT_LOOKAHEAD = 16  # frames (186 ms at 22050 Hz, hop 256): caps the latency of deep models
@@ -55,9 +56,7 @@ class StreamingVocoder:
         self.sigma = vocoder.sigma if sigma is None else sigma
         if self.sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {self.sigma}")
-        self.postfilter = vocoder.postfilter_strength if postfilter is None else postfilter
-        if not isinstance(self.postfilter, (int, float)) or not 0 <= self.postfilter <= 1:
-            raise ValueError(f"postfilter strength must be a number in [0, 1], got {self.postfilter!r}")
+        self.postfilter = check_strength(vocoder.postfilter_strength if postfilter is None else postfilter)
         cfg = vocoder.model.cfg
         self.lookahead = default_lookahead(vocoder) if lookahead is None else int(lookahead)
         overlap = math.ceil(cfg.upsample_kernel / cfg.upsample_stride) - 1  # frames one upsampled step mixes

@@ -30,7 +30,7 @@ from waveflow.audio import MelSpectrogram
 from waveflow.checkpoint import load_checkpoint
 from waveflow.config import Config
 from waveflow.model import WaveGlow
-from waveflow.postfilter import HarmonicPostfilter
+from waveflow.postfilter import HarmonicPostfilter, check_strength
 
 log = logging.getLogger("waveflow")
 
@@ -308,10 +308,8 @@ class Vocoder:
         ``(audio (B, T * hop), audio lengths (B,) = lengths * hop)``, both numpy for numpy input.
         """
         sigma = self.sigma if sigma is None else sigma
-        postfilter = self.postfilter_strength if postfilter is None else postfilter
-        if not isinstance(postfilter, (int, float)) or not 0 <= postfilter <= 1:
-            raise ValueError(f"postfilter strength must be a number in [0, 1], got {postfilter!r}")
-        options = (sigma, seed, generator, denoise, float(postfilter))
+        postfilter = check_strength(self.postfilter_strength if postfilter is None else postfilter)
+        options = (sigma, seed, generator, denoise, postfilter)
         if isinstance(mel, (list, tuple)):
             if lengths is not None:
                 raise ValueError("lengths= is for a padded batch array; a list already gives each mel its length")
