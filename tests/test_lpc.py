@@ -70,12 +70,15 @@ def test_levinson_solves_the_normal_equations():
         assert np.abs(roots).max() < 1
 
 
-def test_scan_equals_the_sequential_recurrence_and_extra_levels_change_nothing():
-    gen = torch.Generator().manual_seed(1)
-    m = torch.randn(2, 13, 3, 3, generator=gen, dtype=torch.float64) * 0.5
-    c = torch.randn(2, 13, 3, generator=gen, dtype=torch.float64)
+@pytest.mark.parametrize("n", [1, 2, 3, 13, 16, 37])
+def test_scan_equals_the_sequential_recurrence_and_extra_levels_change_nothing(n):
+    """Both scans (the tree, and the fixed-depth one export traces) against the recurrence, at
+    lengths that are and are not powers of two (the tree pads odd levels)."""
+    gen = torch.Generator().manual_seed(n)
+    m = torch.randn(2, n, 3, 3, generator=gen, dtype=torch.float64) * 0.5
+    c = torch.randn(2, n, 3, generator=gen, dtype=torch.float64)
     s, expected = torch.zeros(2, 3, dtype=torch.float64), []
-    for b in range(13):
+    for b in range(n):
         s = (m[:, b] @ s.unsqueeze(-1)).squeeze(-1) + c[:, b] if b else c[:, 0]
         expected.append(s)
     torch.testing.assert_close(_affine_scan(m, c), torch.stack(expected, 1))

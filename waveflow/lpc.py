@@ -21,9 +21,10 @@ triangular with diagonal ``1 / g``, so ``log|det de/dx| = -sum_n log g(f(n))`` e
 inverse (synthesis): ``x = (g e) filtered by 1 / A(z)``, an all-pole filter whose
 coefficients change at frame boundaries, its p-sample state carried from frame to frame and
 (``state``) from call to call. No per-sample Python loop: within a frame the filter is a
-small lower-triangular Toeplitz matrix applied to sub-blocks of ``S >= p`` samples, and the
-state that links frames is a linear recurrence ``s_b = M_b s_{b-1} + c_b`` solved by a
-parallel (Hillis-Steele) scan in ``ceil(log2(frames))`` batched matrix products.
+small lower-triangular Toeplitz matrix applied to sub-blocks of ``S >= p`` samples, the state
+is carried across a frame's sub-blocks up and down a binary tree, and the state that links
+frames is a linear recurrence ``s_b = M_b s_{b-1} + c_b`` solved by a parallel (Blelloch)
+scan, ``2 log2(frames)`` rounds of batched matrix products.
 """
 
 from __future__ import annotations
@@ -187,13 +188,28 @@ def levinson(r: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     Batched over every leading axis; minimum phase for a positive-definite ``r``.
     """
-    a = torch.zeros_like(r)
-    a = torch.cat([torch.ones_like(r[..., :1]), a[..., 1:]], dim=-1)
-    err = r[..., 0]
     r_rev = r[..., : order + 1].flip(-1)  # r_p .. r_0: r[1 .. i] reversed is r_rev[p - i .. p - 1]
+    err = r[..., 0]
+    if _exporting() or torch.is_grad_enabled() and r.requires_grad:
+        return _levinson_functional(r_rev, err, order)
+    # In place: a third fewer ops per step than building a new ``a`` each step, which is most
+    # of its cost for the few hundred frames of a clip.
+    a = torch.zeros_like(r_rev)
+    a[..., 0] = 1.0
+    neg_err = -err
+    for i in range(1, order + 1):
+        k = torch.linalg.vecdot(a[..., :i], r_rev[..., order - i : order]).div_(neg_err).clamp_(-1 + 1e-12, 1 - 1e-12)
+        a[..., 1 : i + 1].addcmul_(k.unsqueeze(-1), a[..., :i].flip(-1))
+        neg_err = neg_err.addcmul(neg_err * k, k, value=-1.0)  # E (1 - k^2)
+    return a, -neg_err
+
+
+def _levinson_functional(r_rev: torch.Tensor, err: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``levinson`` without in-place updates, for tracing (TorchScript, ONNX) and autograd."""
+    a = torch.cat([torch.ones_like(r_rev[..., :1]), torch.zeros_like(r_rev[..., 1:])], dim=-1)
     for i in range(1, order + 1):
         acc = (a[..., :i] * r_rev[..., order - i : order]).sum(-1)
-        k = (-acc / err.clamp(min=1e-300)).clamp(-1 + 1e-12, 1 - 1e-12)
+        k = (-acc / err).clamp(-1 + 1e-12, 1 - 1e-12)
         updated = a[..., 1 : i + 1] + k[..., None] * a[..., :i].flip(-1)
         a = torch.cat([a[..., :1], updated, a[..., i + 1 :]], dim=-1)
         err = err * (1 - k * k)
@@ -211,93 +227,150 @@ def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
-def _state_matrix(a: torch.Tensor) -> torch.Tensor:
-    """``(..., p + 1)`` -> ``(..., p, p)``: U with ``(U s)[j] = -sum_{k > j} a_k x[j - k]`` for a state
-    ``s = x[-p .. -1]``, the part of the filter's sum at sample j that reaches before the block."""
-    p = a.shape[-1] - 1
-    if not _exporting():  # U[j, m] = -a[p + j - m] for m >= j: windows of [0 x (p - 1), a_p .. a_1]
-        zp = F.pad(-a[..., 1:].flip(-1), (p - 1, 0))
-        return zp.unfold(-1, p, 1).flip(-2)
-    j = torch.arange(p, device=a.device)[:, None]
-    m = torch.arange(p, device=a.device)[None, :]
-    lag = (p + j - m).clamp(max=p)  # k = p + j - m, valid for m >= j
-    return torch.where(m >= j, -a[..., lag], a.new_zeros(()))
-
-
 def _fold_state(u: torch.Tensor, at: int, a_first: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
     """Move an initial state into the input of the first samples (from index ``at`` of ``u (B, L)``),
     so that the filter can start from zeros.
 
     ``a_first`` ``(B, n, p + 1)``: the coefficients of the first ``n = min(p, T)`` samples.
     """
-    n = a_first.shape[1]
-    rows = _state_matrix(a_first)  # (B, n, p, p): row j of sample j's matrix is what sample j needs
+    n, p = a_first.shape[1], a_first.shape[2] - 1
+    rows = _state_windows(a_first)  # (B, n, p, p), reversed: row p - 1 - j of sample j's map is what sample j needs
     diag = torch.arange(n, device=u.device)
-    corr = _matvec(rows[:, diag, diag], state)
+    corr = _matvec(rows[:, diag, p - 1 - diag], state)
     return torch.cat([u[:, :at], u[:, at : at + n] + corr, u[:, at + n :]], dim=1)
 
 
 def _impulse_response(a: torch.Tensor, length: int) -> torch.Tensor:
     """First ``length`` samples of 1/A(z)'s impulse response: ``(..., p + 1)`` -> ``(..., length)``."""
+    p = a.shape[-1] - 1
     neg_rev = -a[..., 1:].flip(-1)  # -a_p .. -a_1
+    if _exporting():
+        return _impulse_response_functional(neg_rev, length)
+    # Each sample written in place after the p - 1 zeros before the impulse: two ops a step
+    # where a growing window and a cat took five.
+    h = a.new_zeros(a.shape[:-1] + (p - 1 + length,))
+    h[..., p - 1] = 1.0
+    for n in range(1, length):
+        h[..., p - 1 + n] = torch.linalg.vecdot(h[..., n - 1 : n - 1 + p], neg_rev)
+    return h[..., p - 1 :]
+
+
+def _impulse_response_functional(neg_rev: torch.Tensor, length: int) -> torch.Tensor:
+    """``_impulse_response`` without in-place writes, for tracing (TorchScript, ONNX)."""
     window = torch.cat([torch.zeros_like(neg_rev[..., :-1]), torch.ones_like(neg_rev[..., :1])], dim=-1)  # h[-p+1 .. 0]
     out = [window[..., -1:]]
     for _ in range(1, length):
-        nxt = torch.einsum("...j,...j->...", window, neg_rev).unsqueeze(-1)  # one op where mul, sum, neg were three
+        nxt = torch.einsum("...j,...j->...", window, neg_rev).unsqueeze(-1)
         window = torch.cat([window[..., 1:], nxt], dim=-1)
         out.append(nxt)
     return torch.cat(out, dim=-1)
 
 
-def _lower_toeplitz(h: torch.Tensor) -> torch.Tensor:
-    """``(..., S)`` -> ``(..., S, S)`` with ``[i, j] = h[i - j]``, 0 above the diagonal."""
+def _state_windows(a: torch.Tensor) -> torch.Tensor:
+    """``(..., p + 1)`` -> ``(..., p, p)``: the state map U, ``(U s)[j] = -sum_{k > j} a_k x[j - k]``
+    for a state ``s = x[-p .. -1]`` (the part of sample j's sum that reaches before the block),
+    with its rows in reverse order: ``R[i, m] = U[p - 1 - i, m] = -a[2p - 1 - i - m]`` (0 past a_p).
+    Reversed, it is a plain view (windows of the padded coefficients), and it is what
+    ``_toeplitz_windows`` multiplies."""
+    p = a.shape[-1] - 1
+    zp = F.pad(-a[..., 1:].flip(-1), (p - 1, 0))  # [0 x (p - 1), -a_p .. -a_1]
+    if not _exporting():
+        return zp.unfold(-1, p, 1)
+    i = torch.arange(p, device=a.device)[:, None]
+    return zp[..., i + torch.arange(p, device=a.device)[None, :]]  # a gather: ONNX cannot export this unfold
+
+
+def _toeplitz_windows(h: torch.Tensor) -> torch.Tensor:
+    """``(..., S)`` -> ``(..., S, S)`` with ``W[i, m] = h[i + m - S + 1]`` (0 for a negative index).
+
+    The lower-triangular Toeplitz matrix ``T[i, j] = h[i - j]`` is W with its columns reversed,
+    so ``T @ v = W @ v.flip(-2)``: flipping v costs far less than flipping W.
+    """
     sub = h.shape[-1]
-    if not _exporting():  # windows of [0 x (S - 1), h], reversed: a view and one copy instead of a gather
-        return F.pad(h, (sub - 1, 0)).unfold(-1, sub, 1).flip(-1)
-    rows = torch.arange(sub, device=h.device)
-    lag = rows[:, None] - rows[None, :]
-    return h[..., lag.clamp(min=0)] * (lag >= 0).to(h.dtype)  # a gather: ONNX cannot export this unfold
+    padded = F.pad(h, (sub - 1, 0))
+    if not _exporting():
+        return padded.unfold(-1, sub, 1)
+    i = torch.arange(sub, device=h.device)
+    return padded[..., i[:, None] + i[None, :]]  # a gather: ONNX cannot export this unfold
 
 
 def _blocked_all_pole(u: torch.Tensor, a: torch.Tensor, sub: int, scan_levels: int | None) -> torch.Tensor:
     """All-pole filter ``x[n] = u[n] - sum_k a_k x[n - k]`` from a zero state, one coefficient set
-    per block: ``u (B, NB, L)``, ``a (B, NB, p + 1)`` -> ``x (B, NB, L)``."""
+    per block: ``u (B, NB, L)``, ``a (B, NB, p + 1)`` -> ``x (B, NB, L)``.
+
+    A block is ``K = L / S`` sub-blocks (K a power of two). Within a sub-block the filter is the
+    Toeplitz matrix of the impulse response; across sub-blocks the state is carried by one p x p
+    map, in a tree: the block's end state (for the scan across blocks) comes up the tree in
+    ``log2 K`` levels and the state entering every sub-block comes back down it, each level one
+    matrix product for all its nodes at once.
+    """
     batch, nb, hop = u.shape
     p = a.shape[-1] - 1
     k = hop // sub
-    h = _impulse_response(a, sub)  # (B, NB, S)
-    toeplitz = _lower_toeplitz(h)  # (B, NB, S, S)
-    zir = torch.matmul(toeplitz[..., :p], _state_matrix(a))  # (B, NB, S, p): response to the incoming state
-    step = zir[..., sub - p :, :]  # (B, NB, p, p): state after one sub-block, from the state before it
-    forced = torch.matmul(toeplitz, u.view(batch, nb, k, sub).transpose(-1, -2))  # (B, NB, S, k)
-    # State at each frame's end from a zero state at its start, and the frame's transition matrix.
-    c = u.new_zeros(batch, nb, p)
-    for j in range(k):
-        c = _matvec(step, c) + forced[..., sub - p :, j]
-    trans = step
-    for _ in range(int(math.log2(k))):
-        trans = torch.matmul(trans, trans)
-    ends = _affine_scan(trans, c, scan_levels)  # state at the end of every frame
-    s = torch.cat([u.new_zeros(batch, 1, p), ends[:, :-1]], dim=1)  # state entering every frame
-    outs = []
-    for j in range(k):
-        xj = forced[..., j] + _matvec(zir, s)
-        outs.append(xj)
-        s = xj[..., sub - p :]
-    return torch.stack(outs, dim=2).reshape(batch, nb, hop)
+    # One copy makes the windows contiguous: matmul takes a slow per-matrix path over overlapping views.
+    w = _toeplitz_windows(_impulse_response(a, sub)).contiguous()  # (B, NB, S, S)
+    # Row vectors throughout (a sub-block's samples or state along the last axis), so that every
+    # slice below is one BLAS can read. Response to the state entering a sub-block, transposed:
+    # (T[:, :p] @ U)^T = (W[:, S - p:] @ U reversed by rows)^T.
+    zir_t = torch.matmul(w[..., sub - p :], _state_windows(a).contiguous()).transpose(-1, -2)  # (B, NB, p, S)
+    forced = torch.matmul(u.view(batch, nb, k, sub).flip(-1), w.transpose(-1, -2))  # (B, NB, K, S): from zero states
+    # Up the tree: ends[l][..., m, :] is the state after sub-blocks m 2^l .. (m + 1) 2^l - 1 from a
+    # zero state before them; steps[l] carries a state across 2^l sub-blocks (transposed).
+    ends, steps = [forced[..., sub - p :]], [zir_t[..., sub - p :]]
+    while ends[-1].shape[-2] > 1:
+        ends.append(torch.matmul(ends[-1][..., 0::2, :], steps[-1]) + ends[-1][..., 1::2, :])
+        steps.append(torch.matmul(steps[-1], steps[-1]))
+    frame_end = _affine_scan(steps[-1].transpose(-1, -2), ends[-1][..., 0, :], scan_levels)  # every block's end state
+    states = torch.cat([u.new_zeros(batch, 1, p), frame_end[:, :-1]], dim=1).unsqueeze(-2)  # entering each block
+    # Down the tree: the state entering every sub-block, the right children from their parents.
+    for level in range(len(ends) - 2, -1, -1):
+        right = torch.matmul(states, steps[level]) + ends[level][..., 0::2, :]
+        states = torch.stack([states, right], dim=-2).flatten(-3, -2)
+    return (forced + torch.matmul(states, zir_t)).reshape(batch, nb, hop)
 
 
-def _affine_scan(m: torch.Tensor, c: torch.Tensor, levels: int | None = None, chunk: int = 8) -> torch.Tensor:
+def _affine_scan(m: torch.Tensor, c: torch.Tensor, levels: int | None = None) -> torch.Tensor:
     """``s_b = m_b s_{b-1} + c_b`` for every b, with ``s_{-1} = 0``: ``m (B, N, p, p)``, ``c (B, N, p)`` -> ``s``.
 
-    Two levels: a sequential pass within chunks of ``chunk`` maps (all chunks at once), then a
-    Hillis-Steele scan over the chunks in ``levels`` rounds (``ceil(log2 chunks)`` when None;
-    more rounds change nothing). That is about two matrix products per map instead of log2 N.
+    ``levels``: a fixed depth for tracing (TorchScript, ONNX), whose graph must not depend on N;
+    see ``_fixed_depth_scan``. Otherwise a Blelloch tree: up it, pairs of maps are composed
+    (N - 1 products in all, halving each level); down it, the state entering every pair's
+    right member comes from the state entering the pair. Row vectors, ``s_b^T = s_{b-1}^T m_b^T
+    + c_b^T``, keep every strided slice one BLAS can read.
     """
+    if levels is not None or _exporting():
+        return _fixed_depth_scan(m, c, levels)
     batch, n, p = c.shape
-    m = torch.cat([torch.zeros_like(m[:, :1]), m[:, 1:]], dim=1)  # s_{-1} = 0: the first map is constant
+    mt, ct = m.transpose(-1, -2), c.unsqueeze(-2)  # (B, N, p, p), (B, N, 1, p)
+    tree = []
+    while ct.shape[1] > 1:
+        if ct.shape[1] % 2:  # a copy of the last element makes the pairs; it reaches only its own output
+            mt, ct = torch.cat([mt, mt[:, -1:]], dim=1), torch.cat([ct, ct[:, -1:]], dim=1)
+        tree.append((mt, ct))
+        ct = torch.matmul(ct[:, 0::2], mt[:, 1::2]) + ct[:, 1::2]
+        if ct.shape[1] > 1:
+            mt = torch.matmul(mt[:, 0::2], mt[:, 1::2])
+    entry = ct.new_zeros(batch, 1, 1, p)  # the state entering every element of the current level
+    for mt_l, ct_l in reversed(tree):
+        entry = entry[:, : ct_l.shape[1] // 2]
+        left = torch.matmul(entry, mt_l[:, 0::2]) + ct_l[:, 0::2]  # the state after each pair's left member
+        entry = torch.stack([entry, left], dim=2).flatten(1, 2)
+    if tree:
+        mt, ct = tree[0]
+    return (torch.matmul(entry, mt) + ct)[:, :n, 0]
+
+
+def _fixed_depth_scan(m: torch.Tensor, c: torch.Tensor, levels: int | None = None, chunk: int = 8) -> torch.Tensor:
+    """``_affine_scan`` in a graph whose shape does not depend on N: a sequential pass within
+    chunks of ``chunk`` maps (all chunks at once), then a Hillis-Steele scan over the chunks in
+    ``levels`` rounds (``ceil(log2 chunks)`` when None; more rounds change nothing)."""
+    batch, n, p = c.shape
+    # m_0 acts on s_{-1} = 0, so no output depends on it (the scan never applies a product that
+    # reaches back to it), and the padding maps reach only padded outputs: neither needs zeroing.
     pad = (-n) % chunk
-    m = F.pad(m, (0, 0, 0, 0, 0, pad)).view(batch, -1, chunk, p, p)
+    if pad:
+        m = torch.cat([m, m[:, -1:].expand(batch, pad, p, p)], dim=1)
+    m = m.reshape(batch, -1, chunk, p, p)
     c = F.pad(c, (0, 0, 0, pad)).view(batch, -1, chunk, p)
     local_m, local_c = [m[:, :, 0]], [c[:, :, 0]]  # maps from each chunk's entry state
     for j in range(1, chunk):
