@@ -190,7 +190,7 @@ def levinson(r: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
     """
     r_rev = r[..., : order + 1].flip(-1)  # r_p .. r_0: r[1 .. i] reversed is r_rev[p - i .. p - 1]
     err = r[..., 0]
-    if _exporting() or torch.is_grad_enabled() and r.requires_grad:
+    if _exporting() or (torch.is_grad_enabled() and r.requires_grad):
         return _levinson_functional(r_rev, err, order)
     # In place: a third fewer ops per step than building a new ``a`` each step, which is most
     # of its cost for the few hundred frames of a clip.
@@ -248,7 +248,7 @@ def _impulse_response(a: torch.Tensor, length: int) -> torch.Tensor:
         return _impulse_response_functional(neg_rev, length)
     # Each sample written in place after the p - 1 zeros before the impulse: two ops a step
     # where a growing window and a cat took five.
-    h = a.new_zeros(a.shape[:-1] + (p - 1 + length,))
+    h = a.new_zeros((*a.shape[:-1], p - 1 + length))
     h[..., p - 1] = 1.0
     for n in range(1, length):
         h[..., p - 1 + n] = torch.linalg.vecdot(h[..., n - 1 : n - 1 + p], neg_rev)
