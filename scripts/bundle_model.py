@@ -27,6 +27,7 @@ def card(args, data: dict) -> dict:
             "clips": [c["clip"] for c in scores["clips"]],
             "sigma": scores.get("sigma"),
             "postfilter": scores.get("postfilter", 0.0),
+            "mel_correction": scores.get("mel_correction", 0),
             **{system: {k: float(f"{v:.4g}") for k, v in means.items()} for system, means in scores["summary"].items()},
         }
     return out
@@ -49,6 +50,12 @@ def main() -> int:
         default=None,
         help="harmonic post-filter strength to ship (stored as train.eval_postfilter; default: the run's own)",
     )
+    p.add_argument(
+        "--mel-correction",
+        type=int,
+        default=None,
+        help="mel correction iterations to ship (stored as train.eval_mel_correction; default: the run's own)",
+    )
     p.add_argument("--data", default="", help="model card: what it was trained on")
     p.add_argument(
         "--evaluation", default=None, help="model card: a `waveflow evaluate --json` file whose means are stored"
@@ -60,6 +67,8 @@ def main() -> int:
         cfg = with_overrides(cfg, "train", eval_sigma=args.sigma)
     if args.postfilter is not None:
         cfg = with_overrides(cfg, "train", eval_postfilter=args.postfilter)
+    if args.mel_correction is not None:
+        cfg = with_overrides(cfg, "train", eval_mel_correction=args.mel_correction)
     weights = {k: v.half() if v.is_floating_point() else v for k, v in data["model"].items()}
     bundled = {
         "format": FORMAT,

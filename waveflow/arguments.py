@@ -34,7 +34,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
 
 
 def add_postfilter(parser: argparse.ArgumentParser) -> None:
-    """``--postfilter``, shared by synthesize and evaluate."""
+    """``--postfilter`` and ``--mel-correction``, shared by synthesize and evaluate."""
     parser.add_argument(
         "--postfilter",
         type=float,
@@ -42,6 +42,14 @@ def add_postfilter(parser: argparse.ArgumentParser) -> None:
         metavar="STRENGTH",
         help="harmonic post-filter strength in [0, 1], 0 turns it off (default: the checkpoint's; "
         "0.5 for the bundled model)",
+    )
+    parser.add_argument(
+        "--mel-correction",
+        type=int,
+        default=None,
+        metavar="ITERATIONS",
+        help="iterations of the mel correction, which moves the output's mel onto the input mel; "
+        "0 turns it off (default: the checkpoint's)",
     )
 
 

@@ -90,7 +90,9 @@ def _cmd_info(args: argparse.Namespace) -> None:
     )
     strength = cfg.train.eval_postfilter
     postfilter = f"harmonic post-filter {strength:g}" if strength else "no post-filter"
-    print(f"inference sigma {cfg.train.eval_sigma:g}, {postfilter} (training sigma {cfg.train.sigma:g})")
+    iterations = cfg.train.eval_mel_correction
+    correction = f"mel correction {iterations} iterations" if iterations else "no mel correction"
+    print(f"inference sigma {cfg.train.eval_sigma:g}, {postfilter}, {correction} (training sigma {cfg.train.sigma:g})")
     facts = [f"step {data['step']}" if "step" in data else None]
     if data.get("init_from"):
         start = data["init_from"]
@@ -109,7 +111,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
     quality = card.get("quality") or {}
     clips = len(quality.get("clips", []))
     settings = {
-        "waveflow": f"sigma {quality.get('sigma')}, post-filter {quality.get('postfilter', 0)}",
+        "waveflow": f"sigma {quality.get('sigma')}, post-filter {quality.get('postfilter', 0)}, "
+        f"mel correction {quality.get('mel_correction', 0)}",
         "griffin_lim": "60 iterations",
     }
     for system in ("waveflow", "griffin_lim"):

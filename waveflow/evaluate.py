@@ -64,9 +64,14 @@ def mel_l1(reference: np.ndarray, degraded: np.ndarray, mel_fn: Callable) -> flo
 
 
 def quality(reference: np.ndarray, degraded: np.ndarray, sample_rate: int, mel_fn: Callable) -> dict[str, float]:
-    """mel-L1, PESQ-wb and STOI of ``degraded`` against ``reference`` (1-D float arrays)."""
+    """mel-L1, PESQ-wb and STOI of ``degraded`` against ``reference`` (1-D float arrays).
+
+    ``degraded`` is scored as a 16-bit wav holds it (``save_wav``'s clipping to [-1, 1)), so
+    that a score is what a listener of the written file gets.
+    """
     n = min(len(reference), len(degraded))
-    reference, degraded = reference[:n].astype(np.float32), degraded[:n].astype(np.float32)
+    reference = reference[:n].astype(np.float32)
+    degraded = np.clip(degraded[:n].astype(np.float32), -1.0, 32767.0 / 32768.0)
     return {
         "mel_l1": mel_l1(reference, degraded, mel_fn),
         "pesq_wb": pesq_wb(reference, degraded, sample_rate),
@@ -122,12 +127,17 @@ def nll(voc, audio: np.ndarray, mel: np.ndarray) -> tuple[float, float]:
 
 
 def silence_rms(
-    voc, sigma: float | None = None, seed: int = 0, seconds: float = 2.0, postfilter: float | None = None
+    voc,
+    sigma: float | None = None,
+    seed: int = 0,
+    seconds: float = 2.0,
+    postfilter: float | None = None,
+    mel_correction: int | None = None,
 ) -> float:
     """RMS of the audio for an all-silence mel (every band at the log floor): the model's hiss."""
     frames = max(1, round(seconds * voc.sample_rate / voc.hop_length))
     mel = np.full((voc.n_mels, frames), voc.silence, dtype=np.float32)
-    audio = voc(mel, sigma=sigma, seed=seed, postfilter=postfilter)
+    audio = voc(mel, sigma=sigma, seed=seed, postfilter=postfilter, mel_correction=mel_correction)
     return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
 
 
@@ -158,6 +168,7 @@ def evaluate(
     seed: int = 0,
     griffin: bool = True,
     postfilter: float | None = None,
+    mel_correction: int | None = None,
 ) -> dict:
     """Score copy synthesis of every clip; returns {"clips": [...], "summary": {system: means}}."""
     from tqdm import tqdm
@@ -170,7 +181,7 @@ def evaluate(
         mel = voc.mel(audio)
         row = {"clip": path.stem, "seconds": len(audio) / voc.sample_rate}
         t0 = time.perf_counter()
-        out = voc(mel, sigma=sigma, seed=seed, postfilter=postfilter)
+        out = voc(mel, sigma=sigma, seed=seed, postfilter=postfilter, mel_correction=mel_correction)
         row["synthesis_s"] = time.perf_counter() - t0
         row["waveflow"] = quality(audio, out, voc.sample_rate, voc.mel)
         row["waveflow"]["nll_nats"], row["waveflow"]["nll_bits"] = nll(voc, audio, mel)
@@ -185,7 +196,9 @@ def evaluate(
         summary[system] = {k: float(np.nanmean([r[system][k] for r in rows])) for k in keys}
     audio_s = sum(r["seconds"] for r in rows)
     summary["waveflow"]["real_time_factor"] = sum(r["synthesis_s"] for r in rows) / audio_s
-    summary["waveflow"]["silence_rms"] = silence_rms(voc, sigma, seed, postfilter=postfilter)
+    summary["waveflow"]["silence_rms"] = silence_rms(
+        voc, sigma, seed, postfilter=postfilter, mel_correction=mel_correction
+    )
     return {"clips": rows, "summary": summary, "n_clips": len(rows), "audio_seconds": audio_s}
 
 
@@ -215,16 +228,26 @@ def run(args: argparse.Namespace) -> None:
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise ValueError(f"{args.json}: cannot write, its folder does not exist")
     voc = load_vocoder(args.checkpoint, args.device)
+    if args.mel_correction is not None and args.mel_correction < 0:
+        raise ValueError(f"--mel-correction must be an integer >= 0 (0: off), got {args.mel_correction}")
     result = evaluate(
-        voc, clips, sigma=args.sigma, seed=args.seed, griffin=not args.no_griffin_lim, postfilter=args.postfilter
+        voc,
+        clips,
+        sigma=args.sigma,
+        seed=args.seed,
+        griffin=not args.no_griffin_lim,
+        postfilter=args.postfilter,
+        mel_correction=args.mel_correction,
     )
     result["checkpoint"] = str(args.checkpoint or "bundled")
     result["sigma"] = voc.sigma if args.sigma is None else args.sigma
     result["postfilter"] = voc.postfilter_strength if args.postfilter is None else args.postfilter
+    result["mel_correction"] = voc.mel_correction_iterations if args.mel_correction is None else args.mel_correction
     print(format_table(result))
     summary = result["summary"]["waveflow"]
     print(
-        f"waveflow at sigma {result['sigma']:g}, post-filter {result['postfilter']:g}: "
+        f"waveflow at sigma {result['sigma']:g}, post-filter {result['postfilter']:g}, "
+        f"mel correction {result['mel_correction']}: "
         f"real-time factor {summary['real_time_factor']:.3f} on {args.device}; "
         f"output rms for an all-silence mel: {summary['silence_rms']:.2e}"
     )

@@ -11,6 +11,9 @@ a pulse source carries its free-running phase past the frames it drops.
 The harmonic post-filter (``waveflow.postfilter``) reads ``margin`` samples either side of a
 sample, so with it on, audio is held back by that margin more and filtered once every sample
 it reads has been synthesized; the utterance's end is filtered at ``flush``, as offline.
+The mel correction (``waveflow.melcorrect``) comes after it in the same way: a sample is
+corrected once ``iterations * n_fft`` samples after it have passed the post-filter, from a
+window reaching as far back, whose frames sit on the utterance's frame grid.
 The end of the utterance (``flush``) gets the same silent tail as offline synthesis.
 """
 
@@ -23,6 +26,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
+from waveflow.melcorrect import check_iterations
 from waveflow.postfilter import check_strength
 from waveflow.vocoder import MelLike, Vocoder, check_mel, receptive_field_frames
 
@@ -40,7 +44,9 @@ class StreamingVocoder:
 
     ``lookahead``: frames of future context before a frame's audio is emitted (the
     algorithmic latency); ``lookback``: frames of past context (default: lookahead plus the
-    mel upsampler's overlap). One utterance at a time; ``reset`` starts a new one.
+    mel upsampler's overlap). ``postfilter`` and ``mel_correction`` as ``Vocoder`` takes them
+    (default: the checkpoint's); each adds its margin to the latency. One utterance at a time;
+    ``reset`` starts a new one.
     """
 
     def __init__(
@@ -51,12 +57,16 @@ class StreamingVocoder:
         lookahead: int | None = None,
         lookback: int | None = None,
         postfilter: float | None = None,
+        mel_correction: int | None = None,
     ) -> None:
         self.vocoder = vocoder
         self.sigma = vocoder.sigma if sigma is None else sigma
         if self.sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {self.sigma}")
         self.postfilter = check_strength(vocoder.postfilter_strength if postfilter is None else postfilter)
+        self.mel_correction = check_iterations(
+            vocoder.mel_correction_iterations if mel_correction is None else mel_correction
+        )
         cfg = vocoder.model.cfg
         self.lookahead = default_lookahead(vocoder) if lookahead is None else int(lookahead)
         overlap = math.ceil(cfg.upsample_kernel / cfg.upsample_stride) - 1  # frames one upsampled step mixes
@@ -85,11 +95,18 @@ class StreamingVocoder:
         self._pf_frame0 = 0
         self._pf_period = torch.empty(1, 0, dtype=torch.long)
         self._pf_voicing = torch.empty(1, 0)
+        # mel correction: post-filtered samples from absolute sample _mc_base (a frame boundary),
+        # the next sample to return, and the mel from absolute frame _mc_base // hop on
+        self._mc_raw = torch.empty(0)
+        self._mc_base = 0
+        self._mc_out = 0
+        self._mc_mel = torch.empty(self.vocoder.n_mels, 0)
 
     @property
     def latency_ms(self) -> float:
-        """Algorithmic latency: the look-ahead (and the post-filter's margin), in milliseconds."""
+        """Algorithmic latency: the look-ahead and the post-processing margins, in milliseconds."""
         samples = self.lookahead * self.vocoder.hop_length + (self.vocoder.postfilter.margin if self.postfilter else 0)
+        samples += self.vocoder.mel_correction.margin(self.mel_correction)
         return 1000.0 * samples / self.vocoder.sample_rate
 
     @property
@@ -112,8 +129,11 @@ class StreamingVocoder:
             period, voicing = self.vocoder.postfilter.frame_tracks(chunk[:1].to(self.vocoder.device))
             self._pf_period = torch.cat([self._pf_period, period.cpu()], dim=1)
             self._pf_voicing = torch.cat([self._pf_voicing, voicing.cpu()], dim=1)
+        if self.mel_correction:
+            self._mc_mel = torch.cat([self._mc_mel, chunk[0].cpu()], dim=1)
         total = self._offset + self._mel.shape[1]
-        return self._out(self._filter(self._emit(total - self.lookahead, total), final=False))
+        audio = self._filter(self._emit(total - self.lookahead, total), final=False)
+        return self._out(self._correct(audio, final=False))
 
     def flush(self) -> MelLike:
         """End of utterance: the remaining audio (with offline synthesis's silent tail as context),
@@ -123,7 +143,7 @@ class StreamingVocoder:
         total = self._offset + self._mel.shape[1]
         tail = torch.full((self.vocoder.n_mels, self.vocoder.tail_frames), self.vocoder.silence)
         self._mel = torch.cat([self._mel, tail], dim=1)
-        out = self._filter(self._emit(total, total + self.vocoder.tail_frames), final=True)
+        out = self._correct(self._filter(self._emit(total, total + self.vocoder.tail_frames), final=True), final=True)
         self._done = True
         return self._out(out)
 
@@ -188,6 +208,32 @@ class StreamingVocoder:
         self._pf_period = self._pf_period[:, first_frame - self._pf_frame0 :]
         self._pf_voicing = self._pf_voicing[:, first_frame - self._pf_frame0 :]
         self._pf_frame0 = first_frame
+        self.compute_s += time.perf_counter() - t0
+        return out
+
+    def _correct(self, audio: torch.Tensor, final: bool) -> torch.Tensor:
+        """The mel correction stage: take post-filtered samples, return those whose correction
+        window is complete (every one left at the end). The window starts on a frame boundary
+        ``margin`` or more before the first sample returned, so that its frames are the
+        utterance's and its own start reaches no sample returned."""
+        if not self.mel_correction:
+            return audio
+        t0 = time.perf_counter()
+        mc, hop = self.vocoder.mel_correction, self.vocoder.hop_length
+        margin = mc.margin(self.mel_correction)
+        self._mc_raw = torch.cat([self._mc_raw, audio])
+        end = self._mc_base + self._mc_raw.numel()
+        ready = end if final else end - margin
+        if ready <= self._mc_out:
+            return torch.empty(0)
+        x = self._mc_raw[None].to(self.vocoder.device)
+        mel = self._mc_mel[None].to(self.vocoder.device)
+        out = mc(x, mel, self.mel_correction)[0, self._mc_out - self._mc_base : ready - self._mc_base].cpu()
+        self._mc_out = ready
+        keep = max(self._mc_out - margin, 0) // hop * hop  # forget what no later sample reads
+        self._mc_raw = self._mc_raw[keep - self._mc_base :]
+        self._mc_mel = self._mc_mel[:, (keep - self._mc_base) // hop :]
+        self._mc_base = keep
         self.compute_s += time.perf_counter() - t0
         return out
 

@@ -120,6 +120,8 @@ def run(args: argparse.Namespace) -> None:
         raise SynthesisError(f"--chunk-frames must be >= 1, got {args.chunk_frames}")
     if args.postfilter is not None and not 0 <= args.postfilter <= 1:
         raise SynthesisError(f"--postfilter must be in [0, 1] (0: off), got {args.postfilter}")
+    if args.mel_correction is not None and args.mel_correction < 0:
+        raise SynthesisError(f"--mel-correction must be an integer >= 0 (0: off), got {args.mel_correction}")
     pairs = plan(Path(args.input), Path(args.output))
     if args.reference:  # before anything is written: a missing extra or file must not cost the output
         from waveflow.evaluate import _need
@@ -153,6 +155,7 @@ def run(args: argparse.Namespace) -> None:
                     seed=args.seed,
                     denoise=args.denoise,
                     postfilter=args.postfilter,
+                    mel_correction=args.mel_correction,
                 )
             for i, audio in zip(idx, outs, strict=False):
                 save_wav(pairs[i][1], audio, voc.sample_rate)
@@ -175,7 +178,9 @@ def _drop_linear_mel_warnings(record: logging.LogRecord) -> bool:
 def _stream(voc, mel: np.ndarray, args: argparse.Namespace) -> np.ndarray:
     from waveflow.streaming import StreamingVocoder
 
-    stream = StreamingVocoder(voc, sigma=args.sigma, seed=args.seed, postfilter=args.postfilter)
+    stream = StreamingVocoder(
+        voc, sigma=args.sigma, seed=args.seed, postfilter=args.postfilter, mel_correction=args.mel_correction
+    )
     pieces = [stream.push(mel[:, i : i + args.chunk_frames]) for i in range(0, mel.shape[1], args.chunk_frames)]
     pieces.append(stream.flush())
     print(

@@ -39,6 +39,7 @@ from waveflow.checkpoint import (
 from waveflow.config import Config, ConfigError, config_from_dict, load_config, make_config, save_config
 from waveflow.data import SegmentBatches, batch_loader, load_prepared
 from waveflow.loss import flow_nll, nll_per_example
+from waveflow.melcorrect import MelCorrection
 from waveflow.model import WaveGlow
 from waveflow.postfilter import HarmonicPostfilter
 
@@ -363,6 +364,8 @@ class Trainer:
                 synth = model.infer(mel, sigma=cfg.train.eval_sigma, generator=gen)
                 if cfg.train.eval_postfilter:  # as the checkpoint will be heard (Vocoder's default)
                     synth = HarmonicPostfilter.for_mel(cfg.mel).to(self.device)(synth, mel, cfg.train.eval_postfilter)
+                if cfg.train.eval_mel_correction:
+                    synth = MelCorrection.for_mel(cfg.mel)(synth, mel, cfg.train.eval_mel_correction)
                 synth = synth.clamp(-1, 1)
                 rate = cfg.mel.sample_rate
                 self.writer.add_audio(f"dev/audio_{i}", synth[0].cpu(), self.step, sample_rate=rate)

@@ -29,6 +29,7 @@ import torch
 from waveflow.audio import MelSpectrogram
 from waveflow.checkpoint import load_checkpoint
 from waveflow.config import Config
+from waveflow.melcorrect import MelCorrection, check_iterations
 from waveflow.model import WaveGlow
 from waveflow.postfilter import HarmonicPostfilter, check_strength
 
@@ -141,6 +142,7 @@ class Vocoder:
         self._denoiser = None
         self.denoise_mode = denoise_mode  # "nvidia" for NVIDIA's checkpoints: see waveflow.denoiser
         self._postfilter: HarmonicPostfilter | None = None
+        self._mel_correction: MelCorrection | None = None
 
     @classmethod
     def from_checkpoint(
@@ -279,6 +281,19 @@ class Vocoder:
             self._postfilter = HarmonicPostfilter.for_mel(self.config.mel)
         return self._postfilter
 
+    @property
+    def mel_correction_iterations(self) -> int:
+        """The checkpoint's mel correction iterations (``train.eval_mel_correction``, 0: off),
+        used when a call gives none."""
+        return self.config.train.eval_mel_correction
+
+    @property
+    def mel_correction(self) -> MelCorrection:
+        """The ``MelCorrection`` for this model's mel convention (built on first use)."""
+        if self._mel_correction is None:
+            self._mel_correction = MelCorrection.for_mel(self.config.mel)
+        return self._mel_correction
+
     def __call__(
         self,
         mel: MelLike | list[MelLike],
@@ -289,6 +304,7 @@ class Vocoder:
         lengths: Sequence[int] | np.ndarray | torch.Tensor | None = None,
         time_major: bool = False,
         postfilter: float | None = None,
+        mel_correction: int | None = None,
     ) -> MelLike | list[MelLike] | tuple[MelLike, MelLike]:
         """Synthesize audio.
 
@@ -301,6 +317,8 @@ class Vocoder:
         ``sigma``: the std of z; None takes the checkpoint's (``Vocoder.sigma``).
         ``postfilter``: harmonic post-filter strength in [0, 1] (``waveflow.postfilter``; 0: off);
         None takes the checkpoint's (``Vocoder.postfilter_strength``).
+        ``mel_correction``: iterations of the mel correction (``waveflow.melcorrect``; 0: off),
+        applied last; None takes the checkpoint's (``Vocoder.mel_correction_iterations``).
 
         ``lengths`` (B,): the valid frames of each mel of a zero-padded batch, as a TTS model's
         padded output comes. Frames past a length are replaced by silence before synthesis and
@@ -309,7 +327,8 @@ class Vocoder:
         """
         sigma = self.sigma if sigma is None else sigma
         postfilter = check_strength(self.postfilter_strength if postfilter is None else postfilter)
-        options = (sigma, seed, generator, denoise, postfilter)
+        mel_correction = check_iterations(self.mel_correction_iterations if mel_correction is None else mel_correction)
+        options = (sigma, seed, generator, denoise, postfilter, mel_correction)
         if isinstance(mel, (list, tuple)):
             if lengths is not None:
                 raise ValueError("lengths= is for a padded batch array; a list already gives each mel its length")
@@ -365,6 +384,7 @@ class Vocoder:
         generator: torch.Generator | None,
         denoise: float,
         postfilter: float = 0.0,
+        mel_correction: int = 0,
     ) -> torch.Tensor:
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
@@ -380,6 +400,10 @@ class Vocoder:
                     audio[i, : f * self.hop_length] = self.postfilter(clip, mel[i : i + 1, :, :f], postfilter)[0]
                 if denoise > 0:  # clip by clip, so that a clip's padding never enters its spectrum
                     audio[i, : f * self.hop_length] = self.denoiser(audio[i : i + 1, : f * self.hop_length], denoise)[0]
+                if mel_correction:  # last, toward the clip's own mel
+                    clip = audio[i : i + 1, : f * self.hop_length]
+                    target = mel[i : i + 1, :, :f]
+                    audio[i, : f * self.hop_length] = self.mel_correction(clip, target, mel_correction)[0]
         return audio
 
     @property

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""What the post-processing costs at synthesis, next to the model and to Griffin-Lim: the
+bundled vocoder (or ``--checkpoint``) at batch 1 on a real clip's mel, with no post-processing,
+with the harmonic post-filter, with the post-filter and each count of mel correction
+iterations, and librosa's Griffin-Lim (60 iterations, as ``waveflow evaluate`` scores it)
+from the same mel.
+
+    python scripts/benchmark_postprocess.py                       # 1 s and 10 s, iterations 0,2,4,6
+    python scripts/benchmark_postprocess.py --iterations 0,3 --seconds 10 --runs 9
+
+Every figure is the median of ``--runs`` rounds after one untimed round; a round runs every
+measured call once, so that a slow spell of a shared machine hits them all alike. The mel is
+the shared corpus's LJ001-0001 cut or repeated to length (``--wav`` for another clip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from waveflow.audio import load_wav
+from waveflow.evaluate import griffin_lim
+from waveflow.vocoder import load_vocoder
+
+DEFAULT_WAV = Path(__file__).resolve().parents[1] / "../shared/data/LJSpeech-1.1-mini/wavs/LJ001-0001.wav"
+
+
+def interleaved_median_ms(calls: dict, runs: int) -> dict:
+    """``{name: (fn, kwargs)}`` -> ``{name: median ms}``, the calls taking turns."""
+    times: dict = {name: [] for name in calls}
+    for round_ in range(runs + 1):
+        for name, (fn, kwargs) in calls.items():
+            t0 = time.perf_counter()
+            fn(**kwargs)
+            if round_:  # the first round warms up
+                times[name].append(time.perf_counter() - t0)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default=None, help="default: the bundled model")
+    p.add_argument("--wav", type=Path, default=DEFAULT_WAV)
+    p.add_argument("--seconds", default="1,10")
+    p.add_argument("--iterations", default="0,2,4,6", help="mel correction iterations to time")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--no-griffin-lim", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    voc = load_vocoder(args.checkpoint)
+    audio = load_wav(args.wav, voc.sample_rate)
+    full = voc.mel(audio)
+    print(f"torch {torch.__version__}, {args.threads} threads, batch 1, mel of {args.wav.name}")
+    print("| seconds | system | ms | x real time |")
+    print("|---|---|---|---|")
+    for seconds in (float(s) for s in args.seconds.split(",")):
+        frames = round(seconds * voc.sample_rate / voc.hop_length)
+        mel = np.tile(full, (1, -(-frames // full.shape[1])))[:, :frames].copy()
+        calls = {"model alone": (voc, {"mel": mel, "seed": 0, "postfilter": 0.0, "mel_correction": 0})}
+        for k in (int(i) for i in args.iterations.split(",")):
+            setting = {"mel": mel, "seed": 0, "postfilter": 0.5, "mel_correction": k}
+            calls[f"post-filter 0.5, mel correction {k}"] = (voc, setting)
+        if not args.no_griffin_lim:  # mel frames = 1 + samples // hop
+            setting = {"mel": mel, "mel_cfg": voc.config.mel, "length": (frames - 1) * voc.hop_length}
+            calls["Griffin-Lim (60 it.)"] = (griffin_lim, setting)
+        with torch.inference_mode():
+            ms = interleaved_median_ms(calls, args.runs)
+        for name, t in ms.items():
+            print(f"| {seconds:g} | {name} | {t:.1f} | {1000 * seconds / t:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
