@@ -2,8 +2,8 @@
 """What the post-processing costs at synthesis, next to the model and to Griffin-Lim: the
 bundled vocoder (or ``--checkpoint``) at batch 1 on a real clip's mel, with no post-processing,
 with the harmonic post-filter, with the post-filter and each count of mel correction
-iterations, and librosa's Griffin-Lim (60 iterations, as ``waveflow evaluate`` scores it)
-from the same mel.
+iterations, the mel correction alone on the model's output, and librosa's Griffin-Lim
+(60 iterations, as ``waveflow evaluate`` scores it) from the same mel.
 
     python scripts/benchmark_postprocess.py                       # 1 s and 10 s, iterations 0,2,4,6
     python scripts/benchmark_postprocess.py --iterations 0,3 --seconds 10 --runs 9
@@ -66,6 +66,11 @@ def main(argv=None) -> int:
         for k in (int(i) for i in args.iterations.split(",")):
             setting = {"mel": mel, "seed": 0, "postfilter": 0.5, "mel_correction": k}
             calls[f"post-filter 0.5, mel correction {k}"] = (voc, setting)
+        out = torch.from_numpy(voc(mel, seed=0, mel_correction=0))[None]
+        target = torch.from_numpy(mel)[None]
+        for k in (int(i) for i in args.iterations.split(",") if int(i)):
+            setting = {"audio": out, "mel": target, "iterations": k}
+            calls[f"mel correction {k} alone (on the model's output)"] = (voc.mel_correction, setting)
         if not args.no_griffin_lim:  # mel frames = 1 + samples // hop
             setting = {"mel": mel, "mel_cfg": voc.config.mel, "length": (frames - 1) * voc.hop_length}
             calls["Griffin-Lim (60 it.)"] = (griffin_lim, setting)

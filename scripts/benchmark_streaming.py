@@ -1,11 +1,12 @@
 """Print streaming latency, real-time factor and streamed-vs-offline SNR on a real clip.
 
     .venv/bin/python scripts/benchmark_streaming.py [--checkpoint CKPT] [--clip WAV]
-        [--seconds 4] [--chunk-frames 8 16 32] [--lookahead N] [--device cpu|cuda]
+        [--seconds 4] [--chunk-frames 8 16 32] [--lookahead N] [--mel-correction K] [--device cpu|cuda]
 
-First-audio delay at chunk size N, for a mel arriving in real time: the stream can emit
-once it holds lookahead + 1 frames, i.e. after ceil((lookahead + 1) / N) chunks; the delay
-is the audio duration of those chunks plus the compute time of the first push that emits.
+First-audio delay at chunk size N, for a mel arriving in real time: the stream can emit once
+it holds the look-ahead's frames and the post-processing margins' samples (``latency_ms``);
+the delay is the audio duration of the chunks pushed until then plus the compute time of the
+first push that emits.
 """
 
 from __future__ import annotations
@@ -34,22 +35,25 @@ def main() -> None:
     parser.add_argument("--lookahead", type=int, default=None, help="default: the StreamingVocoder default")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--mel-correction", type=int, default=None, help="iterations (default: the checkpoint's); each adds n_fft"
+    )
     args = parser.parse_args()
 
     voc = load_vocoder(args.checkpoint, args.device)
     audio = load_wav(args.clip, voc.sample_rate)[: int(args.seconds * voc.sample_rate)]
     mel = torch.from_numpy(voc.mel(audio))
     seconds = mel.shape[1] * voc.hop_length / voc.sample_rate
-    voc(mel[:, :20], seed=args.seed)  # warm-up
+    voc(mel[:, :20], seed=args.seed, mel_correction=args.mel_correction)  # warm-up
     t0 = time.perf_counter()
-    offline = voc(mel, seed=args.seed)
+    offline = voc(mel, seed=args.seed, mel_correction=args.mel_correction)
     offline_s = time.perf_counter() - t0
     print(f"clip {args.clip}: {mel.shape[1]} frames ({seconds:.2f} s), device {args.device}")
     print(f"offline: real-time factor {offline_s / seconds:.3f}")
-    print("| chunk frames | look-ahead (ms) | first audio after (ms) | streaming RTF | SNR vs offline (dB) |")
+    print("| chunk frames | latency (ms) | first audio after (ms) | streaming RTF | SNR vs offline (dB) |")
     print("|---|---|---|---|---|")
     for chunk in args.chunk_frames:
-        stream = StreamingVocoder(voc, seed=args.seed, lookahead=args.lookahead)
+        stream = StreamingVocoder(voc, seed=args.seed, lookahead=args.lookahead, mel_correction=args.mel_correction)
         pieces, first_ms = [], None
         for i in range(0, mel.shape[1], chunk):
             t = time.perf_counter()
