@@ -15,7 +15,7 @@ from test_vocoder import random_mel
 from waveflow.audio import MelSpectrogram, load_wav
 from waveflow.config import ConfigError, MelConfig, make_config, model_preset
 from waveflow.data import Clip, SegmentBatches
-from waveflow.lpc import LinearPrediction, _affine_scan, levinson
+from waveflow.lpc import LinearPrediction, _affine_scan, _zero_input_response, levinson
 from waveflow.model import WaveGlow
 from waveflow.streaming import StreamingVocoder, snr_db
 from waveflow.vocoder import Vocoder
@@ -83,6 +83,25 @@ def test_scan_equals_the_sequential_recurrence_and_extra_levels_change_nothing(n
         expected.append(s)
     torch.testing.assert_close(_affine_scan(m, c), torch.stack(expected, 1))
     torch.testing.assert_close(_affine_scan(m, c, levels=16), torch.stack(expected, 1))
+
+
+@pytest.mark.parametrize(("order", "length"), [(3, 11), (5, 8), (24, 32), (4, 4)])
+def test_zero_input_response_equals_the_recursion_from_each_unit_state(order, length):
+    """The doubling against the filter run sample by sample from every unit state, at lengths
+    below, at and past 2 * order (where a step's state is all rows of Z)."""
+    gen = torch.Generator().manual_seed(order)
+    r = torch.randn(2, 3, 400, generator=gen, dtype=torch.float64).cumsum(-1)
+    r = torch.stack([(r[..., : 400 - k] * r[..., k:]).sum(-1) for k in range(order + 1)], -1)
+    a, _ = levinson(r, order)
+    z = _zero_input_response(a, length)
+    assert z.shape == (2, 3, length, order)
+    for col in range(order):
+        state = np.zeros(order)
+        state[col] = 1.0
+        for b, f in np.ndindex(2, 3):
+            coeffs = np.repeat(a[b, f].numpy()[None], length, axis=0)
+            expected = reference_synthesis(np.zeros(length), coeffs, state)
+            np.testing.assert_allclose(z[b, f, :, col].numpy(), expected, atol=1e-9, rtol=1e-9)
 
 
 @pytest.mark.parametrize("start", [0, 5, 8, 37])

@@ -240,38 +240,33 @@ def _fold_state(u: torch.Tensor, at: int, a_first: torch.Tensor, state: torch.Te
     return torch.cat([u[:, :at], u[:, at : at + n] + corr, u[:, at + n :]], dim=1)
 
 
-def _impulse_response(a: torch.Tensor, length: int) -> torch.Tensor:
-    """First ``length`` samples of 1/A(z)'s impulse response: ``(..., p + 1)`` -> ``(..., length)``."""
+def _zero_input_response(a: torch.Tensor, length: int) -> torch.Tensor:
+    """``(..., p + 1)`` -> ``Z (..., length, p)``: from a zero input and a state ``s = x[-p .. -1]``,
+    the all-pole filter's sample j is ``(Z s)[j]``.
+
+    By doubling, in ``ceil(log2 length)`` batched products: the state after m samples is
+    ``P_m s`` (the last p - m state entries shifted down, then rows 0 .. m - 1 of Z), so rows
+    m .. 2m - 1 of Z are rows 0 .. m - 1 times ``P_m``. Its last column, shifted by one, is the
+    impulse response.
+    """
     p = a.shape[-1] - 1
-    neg_rev = -a[..., 1:].flip(-1)  # -a_p .. -a_1
-    if _exporting():
-        return _impulse_response_functional(neg_rev, length)
-    # Each sample written in place after the p - 1 zeros before the impulse: two ops a step
-    # where a growing window and a cat took five.
-    h = a.new_zeros((*a.shape[:-1], p - 1 + length))
-    h[..., p - 1] = 1.0
-    for n in range(1, length):
-        h[..., p - 1 + n] = torch.linalg.vecdot(h[..., n - 1 : n - 1 + p], neg_rev)
-    return h[..., p - 1 :]
-
-
-def _impulse_response_functional(neg_rev: torch.Tensor, length: int) -> torch.Tensor:
-    """``_impulse_response`` without in-place writes, for tracing (TorchScript, ONNX)."""
-    window = torch.cat([torch.zeros_like(neg_rev[..., :-1]), torch.ones_like(neg_rev[..., :1])], dim=-1)  # h[-p+1 .. 0]
-    out = [window[..., -1:]]
-    for _ in range(1, length):
-        nxt = torch.einsum("...j,...j->...", window, neg_rev).unsqueeze(-1)
-        window = torch.cat([window[..., 1:], nxt], dim=-1)
-        out.append(nxt)
-    return torch.cat(out, dim=-1)
+    z = -a[..., 1:].flip(-1).unsqueeze(-2)  # row 0: x[0] = -sum_k a_k x[-k]
+    eye = torch.eye(p, dtype=a.dtype, device=a.device)
+    while z.shape[-2] < length:
+        m = z.shape[-2]
+        if m < p:
+            step = torch.cat([eye[m:].expand(*z.shape[:-2], p - m, p), z], dim=-2)  # P_m
+        else:
+            step = z[..., m - p : m, :]
+        z = torch.cat([z, torch.matmul(z[..., : min(m, length - m), :], step)], dim=-2)
+    return z
 
 
 def _state_windows(a: torch.Tensor) -> torch.Tensor:
     """``(..., p + 1)`` -> ``(..., p, p)``: the state map U, ``(U s)[j] = -sum_{k > j} a_k x[j - k]``
     for a state ``s = x[-p .. -1]`` (the part of sample j's sum that reaches before the block),
     with its rows in reverse order: ``R[i, m] = U[p - 1 - i, m] = -a[2p - 1 - i - m]`` (0 past a_p).
-    Reversed, it is a plain view (windows of the padded coefficients), and it is what
-    ``_toeplitz_windows`` multiplies."""
+    Reversed, it is a plain view (windows of the padded coefficients)."""
     p = a.shape[-1] - 1
     zp = F.pad(-a[..., 1:].flip(-1), (p - 1, 0))  # [0 x (p - 1), -a_p .. -a_1]
     if not _exporting():
@@ -307,12 +302,13 @@ def _blocked_all_pole(u: torch.Tensor, a: torch.Tensor, sub: int, scan_levels: i
     batch, nb, hop = u.shape
     p = a.shape[-1] - 1
     k = hop // sub
+    zir = _zero_input_response(a, sub)  # (B, NB, S, p): the response to the state entering a sub-block
+    impulse = torch.cat([torch.ones_like(zir[..., :1, -1]), zir[..., : sub - 1, -1]], dim=-1)  # (B, NB, S)
     # One copy makes the windows contiguous: matmul takes a slow per-matrix path over overlapping views.
-    w = _toeplitz_windows(_impulse_response(a, sub)).contiguous()  # (B, NB, S, S)
+    w = _toeplitz_windows(impulse).contiguous()  # (B, NB, S, S)
     # Row vectors throughout (a sub-block's samples or state along the last axis), so that every
-    # slice below is one BLAS can read. Response to the state entering a sub-block, transposed:
-    # (T[:, :p] @ U)^T = (W[:, S - p:] @ U reversed by rows)^T.
-    zir_t = torch.matmul(w[..., sub - p :], _state_windows(a).contiguous()).transpose(-1, -2)  # (B, NB, p, S)
+    # slice below is one BLAS can read.
+    zir_t = zir.transpose(-1, -2)  # (B, NB, p, S)
     forced = torch.matmul(u.view(batch, nb, k, sub).flip(-1), w.transpose(-1, -2))  # (B, NB, K, S): from zero states
     # Up the tree: ends[l][..., m, :] is the state after sub-blocks m 2^l .. (m + 1) 2^l - 1 from a
     # zero state before them; steps[l] carries a state across 2^l sub-blocks (transposed).
