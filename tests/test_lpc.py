@@ -15,7 +15,7 @@ from test_vocoder import random_mel
 from waveflow.audio import MelSpectrogram, load_wav
 from waveflow.config import ConfigError, MelConfig, make_config, model_preset
 from waveflow.data import Clip, SegmentBatches
-from waveflow.lpc import LinearPrediction, _affine_scan, _zero_input_response, levinson
+from waveflow.lpc import LinearPrediction, _affine_scan, _levinson_functional, _zero_input_response, levinson
 from waveflow.model import WaveGlow
 from waveflow.streaming import StreamingVocoder, snr_db
 from waveflow.vocoder import Vocoder
@@ -55,12 +55,15 @@ def reference_synthesis(u: np.ndarray, a_per_sample: np.ndarray, state: np.ndarr
 
 
 # ------------------------------------------------------------------ DSP
-def test_levinson_solves_the_normal_equations():
+@pytest.mark.parametrize("path", ["in place", "functional"])
+def test_levinson_solves_the_normal_equations(path):
+    """Both implementations: in place for inference, and the one tracing and autograd take."""
     gen = torch.Generator().manual_seed(0)
     sig = torch.randn(3, 400, generator=gen, dtype=torch.float64).cumsum(1)
     p = 6
     r = torch.stack([(sig[:, : 400 - k] * sig[:, k:]).sum(1) for k in range(p + 1)], dim=1)
-    a, err = levinson(r, p)
+    a, err = levinson(r, p) if path == "in place" else _levinson_functional(r, p)
+    assert a.dtype == err.dtype == torch.float64 and a.shape == (3, p + 1) and err.shape == (3,)
     for b in range(3):
         toeplitz = torch.tensor([[float(r[b, abs(i - j)]) for j in range(p)] for i in range(p)], dtype=torch.float64)
         expected = torch.linalg.solve(toeplitz, -r[b, 1:])

@@ -188,15 +188,15 @@ def levinson(r: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     Batched over every leading axis; minimum phase for a positive-definite ``r``.
     """
-    r_rev = r[..., : order + 1].flip(-1)  # r_p .. r_0: r[1 .. i] reversed is r_rev[p - i .. p - 1]
-    err = r[..., 0]
     if _exporting() or (torch.is_grad_enabled() and r.requires_grad):
-        return _levinson_functional(r_rev, err, order)
+        return _levinson_functional(r, order)
     # In place: a third fewer ops per step than building a new ``a`` each step, which is most
-    # of its cost for the few hundred frames of a clip.
+    # of its cost for the few hundred frames of a clip. (A numpy loop was 0.16 ms faster for
+    # a second of audio and 0.4 ms slower for ten.)
+    r_rev = r[..., : order + 1].flip(-1)  # r_p .. r_0: r[1 .. i] reversed is r_rev[p - i .. p - 1]
     a = torch.zeros_like(r_rev)
     a[..., 0] = 1.0
-    neg_err = -err
+    neg_err = -r[..., 0]
     for i in range(1, order + 1):
         k = torch.linalg.vecdot(a[..., :i], r_rev[..., order - i : order]).div_(neg_err).clamp_(-1 + 1e-12, 1 - 1e-12)
         a[..., 1 : i + 1].addcmul_(k.unsqueeze(-1), a[..., :i].flip(-1))
@@ -204,8 +204,10 @@ def levinson(r: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
     return a, -neg_err
 
 
-def _levinson_functional(r_rev: torch.Tensor, err: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _levinson_functional(r: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``levinson`` without in-place updates, for tracing (TorchScript, ONNX) and autograd."""
+    r_rev = r[..., : order + 1].flip(-1)
+    err = r[..., 0]
     a = torch.cat([torch.ones_like(r_rev[..., :1]), torch.zeros_like(r_rev[..., 1:])], dim=-1)
     for i in range(1, order + 1):
         acc = (a[..., :i] * r_rev[..., order - i : order]).sum(-1)
