@@ -1,6 +1,6 @@
 """Mel correction: the gains against a direct bin-by-bin computation, identity and uniform
-gains exactly, the reach its margin promises, the mel it moves toward, and the Vocoder,
-streaming and CLI paths."""
+gains exactly, the reach its margin promises, the mel it moves toward, and the Vocoder and
+streaming paths (the CLI option: test_synthesize_cli)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,11 @@ import math
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from test_pitch import harmonic
 from test_postfilter import source_vocoder
-from test_streaming import stream_all
-from test_synthesize_cli import assert_one_line_error, run_in_process
-from test_vocoder import random_mel, tiny_vocoder, write_tiny_checkpoint
+from test_streaming import assert_post_processing_streams_like_offline
+from test_vocoder import random_mel, tiny_vocoder
 
 from waveflow.audio import MelSpectrogram, mel_filterbank
 from waveflow.config import ConfigError, MelConfig, make_config
@@ -153,15 +151,8 @@ def test_vocoder_takes_the_iterations_from_the_checkpoint_and_from_the_call():
 def test_streaming_with_the_mel_correction_equals_offline(chunk):
     voc = source_vocoder(eval_postfilter=0.5, eval_mel_correction=2)
     mel = MelSpectrogram()(harmonic(130.0, 0.9))
-    offline = voc(mel, seed=3)
-    stream = StreamingVocoder(voc, seed=3, lookahead=2, lookback=4)
-    streamed, _ = stream_all(stream, mel, chunk)
-    assert streamed.shape == offline.shape
-    assert snr_db(offline, streamed) > 80
-    uncorrected, _ = stream_all(StreamingVocoder(voc, seed=3, lookahead=2, lookback=4, mel_correction=0), mel, chunk)
-    assert snr_db(offline, uncorrected) < 40  # the comparison can tell the correction from none
     margin = voc.postfilter.margin + voc.mel_correction.margin(2)
-    assert stream.latency_ms == pytest.approx(1000 * (2 * 256 + margin) / SR)
+    assert_post_processing_streams_like_offline(voc, mel, chunk, {"mel_correction": 0}, 40, margin)
 
 
 def test_padded_batch_with_the_mel_correction_equals_one_by_one():
@@ -172,26 +163,3 @@ def test_padded_batch_with_the_mel_correction_equals_one_by_one():
     torch.testing.assert_close(batched[0], voc(long, seed=1), atol=1e-5, rtol=1e-4)
     out = tiny_vocoder()(random_mel(3), seed=0, mel_correction=2)  # any model, even a clip of 3 frames
     assert out.shape == (3 * 256,) and torch.isfinite(out).all()
-
-
-def test_mel_correction_option_offline_and_streamed(tmp_path, capsys):
-    ckpt = tmp_path / "tiny.pt"
-    write_tiny_checkpoint(ckpt)
-    mel = tmp_path / "m.npy"
-    np.save(mel, MelSpectrogram()(harmonic(150.0, 0.4)).numpy())
-    outs = {}
-    for name, extra in [
-        ("off", ("--mel-correction", "0")),
-        ("on", ("--mel-correction", "2")),
-        ("stream", ("--mel-correction", "2", "--stream")),
-    ]:
-        out = tmp_path / f"{name}.wav"
-        args = ("synthesize", mel, "-o", out, "--checkpoint", ckpt, "--seed", "3", *extra)
-        assert run_in_process(capsys, *args).returncode == 0
-        outs[name] = sf.read(out, dtype="float32")[0]
-    assert not np.allclose(outs["off"], outs["on"], atol=1e-3)
-    np.testing.assert_allclose(outs["stream"], outs["on"], atol=1e-4)
-    bad = tmp_path / "bad.wav"
-    result = run_in_process(capsys, "synthesize", mel, "-o", bad, "--checkpoint", ckpt, "--mel-correction", "-2")
-    assert_one_line_error(result, "--mel-correction must be an integer >= 0")
-    assert not bad.exists()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_pitch import harmonic
 from test_source import source_model
-from test_streaming import stream_all
+from test_streaming import assert_post_processing_streams_like_offline
 from test_vocoder import random_mel, tiny_vocoder
 
 from waveflow.audio import MelSpectrogram
@@ -148,14 +148,7 @@ def test_vocoder_takes_the_strength_from_the_checkpoint_and_from_the_call():
 def test_streaming_with_the_postfilter_equals_offline(chunk):
     voc = source_vocoder(eval_postfilter=0.5)
     mel = MelSpectrogram()(harmonic(130.0, 0.7))
-    offline = voc(mel, seed=3)
-    stream = StreamingVocoder(voc, seed=3, lookahead=2, lookback=4)
-    streamed, _ = stream_all(stream, mel, chunk)
-    assert streamed.shape == offline.shape
-    assert snr_db(offline, streamed) > 80
-    unfiltered, _ = stream_all(StreamingVocoder(voc, seed=3, lookahead=2, lookback=4, postfilter=0.0), mel, chunk)
-    assert snr_db(offline, unfiltered) < 60  # the comparison can tell the filter from none
-    assert stream.latency_ms == pytest.approx(1000 * (2 * 256 + voc.postfilter.margin) / SR)
+    assert_post_processing_streams_like_offline(voc, mel, chunk, {"postfilter": 0.0}, 60, voc.postfilter.margin)
 
 
 def test_padded_batch_with_the_postfilter_equals_one_by_one():

@@ -24,6 +24,22 @@ def stream_all(stream: StreamingVocoder, mel: torch.Tensor, chunk: int) -> tuple
     return torch.cat(pieces), bounds
 
 
+def assert_post_processing_streams_like_offline(
+    voc: Vocoder, mel: torch.Tensor, chunk: int, off: dict, off_below_db: float, margin: int
+) -> None:
+    """With the vocoder's post-processing defaults, a stream (look-ahead 2, look-back 4) equals
+    offline synthesis, while the stream without the stage (``off``, StreamingVocoder options)
+    is told apart; the latency counts the stage's ``margin`` samples."""
+    offline = voc(mel, seed=3)
+    stream = StreamingVocoder(voc, seed=3, lookahead=2, lookback=4)
+    streamed, _ = stream_all(stream, mel, chunk)
+    assert streamed.shape == offline.shape
+    assert snr_db(offline, streamed) > 80
+    without, _ = stream_all(StreamingVocoder(voc, seed=3, lookahead=2, lookback=4, **off), mel, chunk)
+    assert snr_db(offline, without) < off_below_db  # the comparison can tell the stage from none
+    assert stream.latency_ms == pytest.approx(1000 * (2 * HOP + margin) / voc.sample_rate)
+
+
 def assert_no_boundary_jump(streamed: torch.Tensor, offline: torch.Tensor, bounds: list[int]) -> None:
     """A step across a chunk boundary must not exceed the offline signal's own largest
     sample-to-sample step in the surrounding hop."""
