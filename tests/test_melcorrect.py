@@ -99,6 +99,24 @@ def test_a_sample_reaches_no_further_than_the_margin():
         assert diff[at - reach // 2 : at + reach // 2].max() > 0
 
 
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_a_trimmed_window_gives_the_whole_signal_s_samples_away_from_its_ends(iterations):
+    """What streaming relies on: a window cut from a longer signal on frame boundaries, with its
+    ends trimmed each iteration, equals the whole signal's correction beyond the margin."""
+    cfg = MelConfig()
+    correct = MelCorrection(cfg)
+    x = voiced(1.2)
+    target = MelSpectrogram(cfg)(x).double() - 0.4
+    whole = correct(x, target, iterations)
+    lo, hi = 20 * 256, x.shape[1] - 16 * 256  # frame boundaries inside the signal
+    window = correct(x[:, lo:hi], target[:, :, lo // 256 :], iterations, trim_start=True, trim_end=True)
+    trimmed = (iterations - 1) * correct.step_reach
+    assert window.shape[1] == hi - lo - 2 * trimmed
+    margin = correct.margin(iterations)
+    inner = window[:, margin - trimmed : window.shape[1] - (margin - trimmed)]
+    torch.testing.assert_close(inner, whole[:, lo + margin : hi - margin], atol=1e-9, rtol=0)
+
+
 def test_iterations_move_the_mel_toward_the_target():
     """From a flat-spectrum signal toward a voice's mel, each iteration closer."""
     cfg = MelConfig()

@@ -23,8 +23,9 @@ modified spectrum is not consistent), so iterations repeat the step; with the mo
 as the start a few are enough (see the README's measurements; from LP noise or random phase,
 as Griffin-Lim starts, it takes many more).
 
-A sample depends on the input within ``n_fft`` samples per iteration either side: ``margin``.
-``StreamingVocoder`` holds its output back by that much to stay equal to offline synthesis.
+A sample depends on the input within ``n_fft`` samples (rounded up to whole hops:
+``step_reach``) per iteration either side: ``margin``. ``StreamingVocoder`` holds its output
+back by that much to stay equal to offline synthesis, and trims its window's edges as it goes.
 """
 
 from __future__ import annotations
@@ -76,13 +77,27 @@ class MelCorrection(nn.Module):
     def for_mel(cls, cfg: MelConfig) -> MelCorrection:
         return cls(cfg)
 
+    @property
+    def step_reach(self) -> int:
+        """How far one iteration reaches: ``n_fft`` rounded up to whole hops."""
+        return -(-self.cfg.n_fft // self.cfg.hop_length) * self.cfg.hop_length
+
     def margin(self, iterations: int) -> int:
         """Samples either side of a sample that its output depends on."""
-        return iterations * self.cfg.n_fft
+        return iterations * self.step_reach
 
-    def forward(self, audio: torch.Tensor, mel: torch.Tensor, iterations: int) -> torch.Tensor:
+    def forward(
+        self, audio: torch.Tensor, mel: torch.Tensor, iterations: int, trim_start: bool = False, trim_end: bool = False
+    ) -> torch.Tensor:
         """``audio (B, T)`` whose sample 0 is the start of ``mel``'s frame 0's hop; ``mel (B, n_mels, F)``
-        the target log-mel. Returns the corrected audio, same shape and dtype."""
+        the target log-mel. Returns the corrected audio, same shape and dtype.
+
+        ``trim_start`` / ``trim_end`` (for a window cut from a longer signal, as streaming
+        takes): after each iteration but the last, drop ``step_reach`` samples from that end,
+        where the window's own edge has made the output differ from the longer signal's; the
+        result is shorter by ``(iterations - 1) * step_reach`` per trimmed end, and what is
+        left more than ``step_reach`` from a trimmed end is what the whole signal gives.
+        """
         check_iterations(iterations)
         if audio.dim() != 2 or mel.dim() != 3 or mel.shape[0] != audio.shape[0] or mel.shape[1] != self.cfg.n_mels:
             raise ValueError(
@@ -97,8 +112,13 @@ class MelCorrection(nn.Module):
         cfg = self.cfg
         target = mel.to(device, dtype)
         x = audio.to(dtype)
+        cut = self.step_reach
         with torch.autocast(device_type=device.type, enabled=False):
-            for _ in range(iterations):
+            for step in range(iterations):
+                if step and trim_start:
+                    x, target = x[:, cut:], target[:, :, cut // cfg.hop_length :]
+                if step and trim_end:
+                    x = x[:, : x.shape[1] - cut]
                 spec = self._stft(x, window)  # (B, frames, bins)
                 power = spec.real.square() + spec.imag.square()  # |X|^2 without complex abs's slow hypot
                 mag = (power if cfg.preset == "default" else power + _HIFIGAN_MAG_EPS).sqrt()

@@ -12,8 +12,8 @@ The harmonic post-filter (``waveflow.postfilter``) reads ``margin`` samples eith
 sample, so with it on, audio is held back by that margin more and filtered once every sample
 it reads has been synthesized; the utterance's end is filtered at ``flush``, as offline.
 The mel correction (``waveflow.melcorrect``) comes after it in the same way: a sample is
-corrected once ``iterations * n_fft`` samples after it have passed the post-filter, from a
-window reaching as far back, whose frames sit on the utterance's frame grid.
+corrected once ``margin`` (``iterations * n_fft``) samples after it have passed the
+post-filter, from a window reaching as far back, whose frames sit on the utterance's grid.
 The end of the utterance (``flush``) gets the same silent tail as offline synthesis.
 """
 
@@ -228,7 +228,12 @@ class StreamingVocoder:
             return torch.empty(0)
         x = self._mc_raw[None].to(self.vocoder.device)
         mel = self._mc_mel[None].to(self.vocoder.device)
-        out = mc(x, mel, self.mel_correction)[0, self._mc_out - self._mc_base : ready - self._mc_base].cpu()
+        # Each iteration drops the window's edges that no returned sample needs (not the
+        # utterance's own start or end, where offline synthesis has the same edge): half the work.
+        trim_start = self._mc_base > 0
+        start = self._mc_base + (self.mel_correction - 1) * mc.step_reach * trim_start
+        corrected = mc(x, mel, self.mel_correction, trim_start=trim_start, trim_end=not final)
+        out = corrected[0, self._mc_out - start : ready - start].cpu()
         self._mc_out = ready
         keep = max(self._mc_out - margin, 0) // hop * hop  # forget what no later sample reads
         self._mc_raw = self._mc_raw[keep - self._mc_base :]
