@@ -151,8 +151,10 @@ def test_streaming_with_the_postfilter_equals_offline(chunk):
     assert_post_processing_streams_like_offline(voc, mel, chunk, {"postfilter": 0.0}, 60, voc.postfilter.margin)
 
 
-def test_padded_batch_with_the_postfilter_equals_one_by_one():
-    voc = source_vocoder(eval_postfilter=0.5)
+@pytest.mark.parametrize("train", [{"eval_postfilter": 0.5}, {"eval_mel_correction": 3}])
+def test_padded_batch_with_post_processing_equals_one_by_one(train):
+    """Each stage (the harmonic post-filter, the mel correction) runs clip by clip."""
+    voc = source_vocoder(**train)
     long, short = MelSpectrogram()(harmonic(160.0, 0.5)), MelSpectrogram()(harmonic(120.0, 0.3))
     batched = voc([long, short], seed=1)
     torch.testing.assert_close(batched[1], voc(short, seed=1), atol=1e-5, rtol=1e-4)

@@ -12,8 +12,9 @@ changes a clip's output by about 1e-6 of its peak):
 1. the short-time spectrum ``X`` of the output and its log-mel ``m = log(max(B |X|, clamp))``;
 2. per band and frame the log-gain ``d = clamp(target - m, +-max_gain_db)``;
 3. per STFT bin the mean of the log-gains of the bands it belongs to, weighted by the
-   filterbank (bins above f_max, about which the mel says nothing, take the gain of the
-   last bin below it; frames past the target's end keep gain 1);
+   filterbank (bins outside every band, as those above f_max, about which the mel says
+   nothing, take the gain of the nearest bin inside one; frames past the target's end keep
+   gain 1);
 4. ``X * exp(d_bin)`` back to audio by weighted overlap-add.
 
 The gains are smooth across each band, so the fine structure within a band (the flow's
