@@ -5,7 +5,7 @@
 # Outputs go to $OUT (default: demo_out/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WAVEFLOW_EXTRAS=${WAVEFLOW_EXTRAS:-dev,train,eval,export} bash scripts/setup.sh
+WAVEFLOW_EXTRAS=${WAVEFLOW_EXTRAS:-dev,train,eval,export,docs} bash scripts/setup.sh
 CLIP=${1:-../shared/data/LJSpeech-1.1-mini/wavs/LJ001-0032.wav}  # held out: the bundled model never trained on it
 if [ ! -f "$CLIP" ]; then
     echo "demo: $CLIP not found; pass a 22050 Hz wav, or put the shared LJSpeech mini corpus at ../shared/data" >&2

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-EXTRAS=${WAVEFLOW_EXTRAS:-dev,train,eval,export}
+EXTRAS=${WAVEFLOW_EXTRAS:-dev,train,eval,export,docs}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
 retry() {  # package registries occasionally hand back a truncated index page
