@@ -115,9 +115,12 @@ def test_every_bad_mel_is_one_line_and_leaves_no_wav(tmp_path, ckpt, capsys):
         assert not out.exists()
 
 
-def test_a_linear_mel_warns_but_synthesizes(tmp_path, ckpt):
+def test_a_linear_mel_is_refused_unless_forced(tmp_path, ckpt):
     np.save(tmp_path / "lin.npy", np.full((80, 4), 40.0, np.float32))
     result = run_cli("synthesize", tmp_path / "lin.npy", "-o", tmp_path / "lin.wav", "--checkpoint", ckpt)
+    assert result.returncode == 1 and result.stderr.count("linear mel") == 1, result.stderr
+    assert not (tmp_path / "lin.wav").exists()
+    result = run_cli("synthesize", tmp_path / "lin.npy", "-o", tmp_path / "lin.wav", "--checkpoint", ckpt, "--force")
     assert result.returncode == 0 and result.stderr.count("linear mel") == 1, result.stderr
     assert (tmp_path / "lin.wav").exists()
 

@@ -79,6 +79,15 @@ def add_synthesize(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", action="store_true", help="synthesize with StreamingVocoder, chunk by chunk")
     parser.add_argument("--chunk-frames", type=int, default=16, help="mel frames per streamed chunk (default: 16)")
     parser.add_argument("--reference", default=None, help="a wav to compare the output with (prints quality)")
+    parser.add_argument(
+        "--time-major", action="store_true", help="the mels are (frames, n_mels), as some front ends save them"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="synthesize a mel whose values are not a log-mel of the convention (linear, dB, log10, ...) "
+        "instead of refusing it",
+    )
 
 
 def add_mel(parser: argparse.ArgumentParser) -> None:

@@ -28,7 +28,7 @@ import torch
 
 from waveflow.melcorrect import check_iterations
 from waveflow.postfilter import check_strength
-from waveflow.vocoder import MelLike, Vocoder, check_mel, receptive_field_frames
+from waveflow.vocoder import MelLike, Vocoder, check_mel, receptive_field_frames, warn_mel_scale
 
 MAX_DEFAULT_LOOKAHEAD = 16  # frames (186 ms at 22050 Hz, hop 256): caps the latency of deep models
 
@@ -46,8 +46,12 @@ class StreamingVocoder:
     algorithmic latency); ``lookback``: frames of past context (default: lookahead plus the
     mel upsampler's overlap). ``postfilter`` and ``mel_correction`` as ``Vocoder`` takes them
     (default: the checkpoint's); each adds its margin to the latency. One utterance at a time;
-    ``reset`` starts a new one.
+    ``reset`` starts a new one. ``seed``: as ``Vocoder``'s (default 0). ``check_input``: warn
+    once per utterance (``MelScaleWarning``) when the mel is not a log-mel of the convention,
+    judged on the frames pushed so far (up to the first ``SCALE_CHECK_FRAMES``).
     """
+
+    SCALE_CHECK_FRAMES = 32
 
     def __init__(
         self,
@@ -58,8 +62,10 @@ class StreamingVocoder:
         lookback: int | None = None,
         postfilter: float | None = None,
         mel_correction: int | None = None,
+        check_input: bool = True,
     ) -> None:
         self.vocoder = vocoder
+        self.check_input = check_input
         self.sigma = vocoder.sigma if sigma is None else sigma
         if self.sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {self.sigma}")
@@ -84,6 +90,7 @@ class StreamingVocoder:
         self._offset = 0  # absolute index of self._mel's first frame
         self._emitted = 0  # frames whose audio has been returned
         self._done = False
+        self._scale_checked = not self.check_input  # decided for this utterance (warned, or enough frames)
         self._lp_state: torch.Tensor | None = None  # linear prediction: the last output samples
         self._phase = torch.zeros(1, dtype=torch.float64)  # pulse source: its phase at frame self._offset
         self._numpy = False  # the last chunk was a numpy array: return numpy
@@ -125,6 +132,10 @@ class StreamingVocoder:
             raise ValueError(f"mel chunk has shape {tuple(chunk.shape)}; expected ({self.vocoder.n_mels}, frames)")
         self._numpy = isinstance(mel, np.ndarray)
         self._mel = torch.cat([self._mel, chunk[0].cpu()], dim=1)
+        if not self._scale_checked:
+            seen = self._mel[:, : self.SCALE_CHECK_FRAMES] if self._offset == 0 else chunk[0].cpu()
+            warned = warn_mel_scale(seen, self.vocoder.config.mel.clamp_min, name="mel chunk")
+            self._scale_checked = warned or self._offset + self._mel.shape[1] >= self.SCALE_CHECK_FRAMES
         if self.postfilter:  # the tracks are a function of each frame alone
             period, voicing = self.vocoder.postfilter.frame_tracks(chunk[:1].to(self.vocoder.device))
             self._pf_period = torch.cat([self._pf_period, period.cpu()], dim=1)

@@ -133,14 +133,7 @@ def run(args: argparse.Namespace) -> None:
     voc = load_vocoder(args.checkpoint, args.device, args.half)
     if args.denoise_mode != "auto":
         voc.denoise_mode = args.denoise_mode
-    from waveflow.vocoder import check_mel
-
-    for i, ((path, _), mel) in enumerate(zip(pairs, mels, strict=False)):
-        checked = check_mel(mel, voc.n_mels, name=str(path))  # warns here, once, about linear mels
-        if checked.shape[0] != 1:
-            raise SynthesisError(f"{path}: shape {mel.shape}; expected one mel ({voc.n_mels}, frames)")
-        mels[i] = checked[0].numpy()
-    log.addFilter(_drop_linear_mel_warnings)  # already said above, per file
+    _check_mels(voc, pairs, mels, args)
     start, seconds = time.perf_counter(), 0.0
     batches = [list(range(i, min(i + args.batch_size, len(pairs)))) for i in range(0, len(pairs), args.batch_size)]
     bar = tqdm(total=len(pairs), unit="mel", disable=len(pairs) == 1 or not sys.stderr.isatty())
@@ -156,6 +149,7 @@ def run(args: argparse.Namespace) -> None:
                     denoise=args.denoise,
                     postfilter=args.postfilter,
                     mel_correction=args.mel_correction,
+                    check_input=False,  # judged above, per file
                 )
             for i, audio in zip(idx, outs, strict=False):
                 save_wav(pairs[i][1], audio, voc.sample_rate)
@@ -163,7 +157,6 @@ def run(args: argparse.Namespace) -> None:
             bar.update(len(idx))
     finally:
         bar.close()
-        log.removeFilter(_drop_linear_mel_warnings)
     elapsed = time.perf_counter() - start
     what = pairs[0][1] if len(pairs) == 1 else f"{len(pairs)} wavs in {args.output}"
     print(f"wrote {what}: {seconds:.2f} s of audio in {elapsed:.2f} s (real-time factor {elapsed / seconds:.2f})")
@@ -171,15 +164,42 @@ def run(args: argparse.Namespace) -> None:
         _compare(voc, args.reference, pairs[0][1])
 
 
-def _drop_linear_mel_warnings(record: logging.LogRecord) -> bool:
-    return "linear mel" not in record.getMessage()
+def _check_mels(voc, pairs: list[tuple[Path, Path]], mels: list[np.ndarray], args: argparse.Namespace) -> None:
+    """Shape, finiteness and scale of every mel before any synthesis; a mel that is not a log-mel
+    of the convention (``waveflow.melcheck``) is refused unless ``--force``, which warns instead.
+    With ``--reference``, a frame count of the other convention (HiFi-GAN's) is refused too."""
+    from waveflow.melcheck import diagnose, frame_count_problem
+    from waveflow.vocoder import check_mel
+
+    hint = "pass --time-major or transpose it"
+    for i, ((path, _), mel) in enumerate(zip(pairs, mels, strict=False)):
+        checked = check_mel(mel, voc.n_mels, name=str(path), time_major=args.time_major, time_major_hint=hint)
+        if checked.shape[0] != 1:
+            raise SynthesisError(f"{path}: shape {mel.shape}; expected one mel ({voc.n_mels}, frames)")
+        mels[i] = checked[0].numpy()
+        problem = diagnose(checked, voc.config.mel.clamp_min)
+        if problem is None and args.reference and Path(args.reference).is_file():
+            import soundfile as sf
+
+            info = sf.info(args.reference)
+            samples = round(info.frames * voc.sample_rate / info.samplerate)
+            problem = frame_count_problem(checked.shape[2], samples, voc.hop_length, voc.config.mel.preset != "hifigan")
+        if problem is not None:
+            if not args.force:
+                raise SynthesisError(f"{path}: {problem} (--force synthesizes it anyway)")
+            log.warning("%s: %s (synthesized anyway: --force)", path, problem)
 
 
 def _stream(voc, mel: np.ndarray, args: argparse.Namespace) -> np.ndarray:
     from waveflow.streaming import StreamingVocoder
 
     stream = StreamingVocoder(
-        voc, sigma=args.sigma, seed=args.seed, postfilter=args.postfilter, mel_correction=args.mel_correction
+        voc,
+        sigma=args.sigma,
+        seed=args.seed,
+        postfilter=args.postfilter,
+        mel_correction=args.mel_correction,
+        check_input=False,  # judged per file before synthesis
     )
     pieces = [stream.push(mel[:, i : i + args.chunk_frames]) for i in range(0, mel.shape[1], args.chunk_frames)]
     pieces.append(stream.flush())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import torch
 from waveflow.audio import MelSpectrogram
 from waveflow.checkpoint import load_checkpoint
 from waveflow.config import Config
+from waveflow.melcheck import MelScaleWarning, diagnose
 from waveflow.melcorrect import MelCorrection, check_iterations
 from waveflow.model import WaveGlow
 from waveflow.postfilter import HarmonicPostfilter, check_strength
@@ -37,7 +39,7 @@ log = logging.getLogger("waveflow")
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "ljspeech_mini.pt"
 NOISE_BLOCK = 4096  # group-steps per independently seeded block of noise
-LINEAR_MEL_MAX = 10.0  # a log-mel of speech stays below ~3; all >= 0 with a larger max is linear
+DEFAULT_SEED = 0  # synthesis is deterministic unless a call asks otherwise (as the CLI's --seed 0)
 
 MelLike = np.ndarray | torch.Tensor
 
@@ -70,13 +72,20 @@ def receptive_field_frames(model: WaveGlow) -> int:
     return math.ceil(steps * cfg.n_group / cfg.hop_length)
 
 
-def check_mel(mel: MelLike, n_mels: int, name: str = "mel", time_major: bool = False) -> torch.Tensor:
-    """Validate a mel and return it as a float32 tensor ``(B, n_mels, T)`` (same device).
+def check_mel(
+    mel: MelLike,
+    n_mels: int,
+    name: str = "mel",
+    time_major: bool = False,
+    time_major_hint: str = "pass time_major=True or transpose it",
+) -> torch.Tensor:
+    """Validate a mel's shape and finiteness and return it as a float32 tensor ``(B, n_mels, T)``
+    (same device); its scale is ``waveflow.melcheck``'s (``warn_mel_scale``).
 
     ``time_major``: the mel comes as ``(T, n_mels)`` or ``(B, T, n_mels)`` (as some TTS front
     ends emit it) and is transposed; it is never guessed from the shape. Raises ValueError
-    naming ``name`` for a wrong shape (time-major arrays are named as such), zero frames or
-    NaN/Inf; warns when the values look like a linear, not log, mel.
+    naming ``name`` for a wrong shape (time-major arrays are named as such, with
+    ``time_major_hint`` saying what to do), zero frames or NaN/Inf.
     """
     if isinstance(mel, np.ndarray):
         if not np.issubdtype(mel.dtype, np.floating) and not np.issubdtype(mel.dtype, np.integer):
@@ -94,21 +103,51 @@ def check_mel(mel: MelLike, n_mels: int, name: str = "mel", time_major: bool = F
     elif mel.dim() not in (2, 3) or mel.shape[-2] != n_mels:
         hint = ""
         if mel.dim() in (2, 3) and mel.shape[-1] == n_mels:
-            hint = " - it looks time-major (frames, n_mels): pass time_major=True or transpose it"
+            hint = f" - it looks time-major (frames, n_mels): {time_major_hint}"
         raise ValueError(f"{name}: shape {shape}; expected ({n_mels}, frames) or (batch, {n_mels}, frames){hint}")
     if mel.shape[-1] == 0 or mel.numel() == 0:
         raise ValueError(f"{name}: shape {shape} has zero frames; expected at least one")
     mel = mel.float()
-    if not torch.isfinite(mel).all():
-        raise ValueError(f"{name}: contains NaN or Inf")
-    if mel.min() >= 0 and mel.max() > LINEAR_MEL_MAX:
-        log.warning(
-            "%s: all values >= 0 with max %.1f: this looks like a linear mel; the vocoder expects the "
-            "natural log of clamp(mel, 1e-5)",
-            name,
-            float(mel.max()),
+    finite = torch.isfinite(mel)
+    if not finite.all():
+        frames = (~finite).reshape(-1, mel.shape[-2], mel.shape[-1]).any(dim=(0, 1)).nonzero().flatten().tolist()
+        shown = ", ".join(str(f) for f in frames[:5]) + (", ..." if len(frames) > 5 else "")
+        raise ValueError(
+            f"{name}: contains NaN or Inf in {len(frames)} of {mel.shape[-1]} frames ({shown}); "
+            "expected finite log-mel values"
         )
     return mel if mel.dim() == 3 else mel.unsqueeze(0)
+
+
+def warn_mel_scale(mel: torch.Tensor, clamp_min: float, name: str = "mel", stacklevel: int = 3) -> bool:
+    """Warn (``MelScaleWarning``) when a checked mel is not on the vocoder's log scale
+    (``waveflow.melcheck.diagnose``); True when it warned. ``stacklevel`` as ``warnings.warn``
+    counts it from here: 3 names the caller of the method that calls this."""
+    problem = diagnose(mel, clamp_min)
+    if problem is not None:
+        warnings.warn(
+            f"{name}: {problem} (check_input=False silences this)", MelScaleWarning, stacklevel=stacklevel
+        )
+    return problem is not None
+
+
+def _pcm_to_float(audio: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Integer PCM scaled to [-1, 1) (int16 / 2^15, int32 / 2^31, uint8 around 128); other
+    integer types are refused, as their scale cannot be known. Float audio is returned as is."""
+    if torch.is_tensor(audio):
+        if audio.is_floating_point():
+            return audio
+        name = str(audio.dtype).replace("torch.", "")
+    else:
+        if np.issubdtype(audio.dtype, np.floating):
+            return audio
+        name = str(audio.dtype)
+    scale, offset = {"int16": (2.0**15, 0.0), "int32": (2.0**31, 0.0), "uint8": (128.0, 128.0)}.get(name, (0.0, 0.0))
+    if not scale:
+        raise ValueError(f"audio: dtype {name} has no known full scale; expected float in [-1, 1], int16 or int32 PCM")
+    if torch.is_tensor(audio):
+        return (audio.double() - offset).div(scale).float()
+    return ((audio.astype(np.float64) - offset) / scale).astype(np.float32)
 
 
 class Vocoder:
@@ -191,6 +230,20 @@ class Vocoder:
             )
         return cls.from_checkpoint(DEFAULT_CHECKPOINT, device=device, half=half, **kwargs)
 
+    def to(self, device: str | torch.device) -> Vocoder:
+        """Move the model to ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``) and return the vocoder,
+        as ``torch.nn.Module.to`` does; caches built for the old device are dropped."""
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device} requested but CUDA is not available")
+        if self.half and device.type != "cuda":
+            raise ValueError(f"half precision needs a CUDA device, got {device}")
+        self.device = device
+        self.model.to(device)
+        self._mel = self._mel.to(device)
+        self._denoiser = self._postfilter = self._mel_correction = None
+        return self
+
     # ------------------------------------------------------------ properties
     @property
     def sample_rate(self) -> int:
@@ -210,20 +263,51 @@ class Vocoder:
         return math.log(self.config.mel.clamp_min)
 
     # ----------------------------------------------------------------- mel
-    def mel(self, audio: MelLike) -> MelLike:
-        """Audio ``(T,)`` or ``(B, T)`` in [-1, 1] at ``sample_rate`` -> log-mel ``(n_mels, F)`` or
-        ``(B, n_mels, F)`` of the model's convention; numpy in, numpy out."""
+    def mel(self, audio: MelLike, sample_rate: int | None = None, frames: int | None = None) -> MelLike:
+        """Audio ``(T,)`` or ``(B, T)`` -> log-mel ``(n_mels, F)`` or ``(B, n_mels, F)`` of the model's
+        convention, F = 1 + T // hop (``hifigan``: T // hop); numpy in, numpy out.
+
+        ``sample_rate``: the audio's rate (default: the model's); another rate is resampled with
+        soxr (HQ). Float audio is taken as [-1, 1]; int16 and int32 PCM are scaled by their full
+        scale. ``frames``: keep the first ``frames`` frames, e.g. ``voc.mel(voc(mel),
+        frames=mel.shape[-1])`` to compare an output with its mel: F frames give F * hop samples,
+        which re-analyse to F + 1 frames in the centred convention.
+        """
         is_numpy = isinstance(audio, np.ndarray)
-        x = torch.from_numpy(np.asarray(audio, dtype=np.float32)) if is_numpy else audio
+        if not is_numpy and not torch.is_tensor(audio):
+            raise ValueError(f"audio: got {type(audio).__name__}; expected a numpy array or tensor (samples,)")
+        if audio.ndim == 2 and 1 <= audio.shape[1] <= 8 and audio.shape[0] > 64 * audio.shape[1]:
+            raise ValueError(
+                f"audio: shape {tuple(audio.shape)} looks like (samples, channels); expected mono (samples,) or "
+                "(batch, samples): mix it down first, e.g. audio.mean(axis=1)"
+            )
+        device = audio.device if torch.is_tensor(audio) else None
+        audio = _pcm_to_float(audio)
+        x = torch.from_numpy(np.asarray(audio, dtype=np.float32)) if is_numpy else audio.float()
+        if sample_rate is not None and int(sample_rate) != self.sample_rate:
+            if int(sample_rate) <= 0:
+                raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
+            import soxr
+
+            rows = x.detach().cpu().numpy().reshape(-1, x.shape[-1])
+            rows = np.stack([soxr.resample(r, int(sample_rate), self.sample_rate, quality="HQ") for r in rows])
+            x = torch.from_numpy(rows.astype(np.float32)).reshape(*x.shape[:-1], -1)
         with torch.no_grad():
-            mel = self._mel(x.to(self.device).float())
-        return mel.cpu().numpy() if is_numpy else mel.to(x.device)
+            mel = self._mel(x.to(self.device))
+        if frames is not None:
+            if not 1 <= int(frames) <= mel.shape[-1]:
+                raise ValueError(f"frames={frames}: this audio gives {mel.shape[-1]} frames")
+            mel = mel[..., : int(frames)]
+        return mel.cpu().numpy() if is_numpy else mel.to(device)
 
     # ------------------------------------------------------------ synthesis
     def resolve_seed(self, seed: int | None, generator: torch.Generator | None = None) -> int:
-        """``seed`` itself, or a fresh one drawn from ``generator`` (or torch's global RNG)."""
+        """``seed`` itself; without one, a seed drawn from ``generator`` when given, else
+        ``DEFAULT_SEED`` (0, as the CLI's): the same call gives the same audio."""
         if seed is not None:
             return int(seed)
+        if generator is None:
+            return DEFAULT_SEED
         return int(torch.randint(0, 2**62, (1,), generator=generator).item())
 
     def latent(self, seed: int, start: int, steps: int, sigma: float) -> torch.Tensor:
@@ -305,15 +389,16 @@ class Vocoder:
         time_major: bool = False,
         postfilter: float | None = None,
         mel_correction: int | None = None,
-    ) -> MelLike | list[MelLike] | tuple[MelLike, MelLike]:
+        check_input: bool = True,
+    ) -> MelLike | list[MelLike]:
         """Synthesize audio.
 
         mel: ``(B, n_mels, T)`` numpy array or tensor -> audio ``(B, T * hop)`` float32 (numpy
         for numpy input, else a tensor on the mel's device); one mel ``(n_mels, T)`` -> ``(T * hop,)``;
         a list of mels of any lengths -> a list of audio ``(T_i * hop,)``, synthesized as one
         padded batch. ``time_major=True``: the mels come as ``(T, n_mels)`` / ``(B, T, n_mels)``.
-        ``seed`` fixes z (see the module docstring); without it a seed is drawn from
-        ``generator`` or torch's global RNG. ``denoise``: bias-removal strength (0: off).
+        ``seed`` fixes z (see the module docstring); without it the seed is 0 (``DEFAULT_SEED``),
+        or one drawn from ``generator`` when one is given. ``denoise``: bias-removal strength (0: off).
         ``sigma``: the std of z; None takes the checkpoint's (``Vocoder.sigma``).
         ``postfilter``: harmonic post-filter strength in [0, 1] (``waveflow.postfilter``; 0: off);
         None takes the checkpoint's (``Vocoder.postfilter_strength``).
@@ -322,8 +407,13 @@ class Vocoder:
 
         ``lengths`` (B,): the valid frames of each mel of a zero-padded batch, as a TTS model's
         padded output comes. Frames past a length are replaced by silence before synthesis and
-        the audio past ``length * hop`` is zero, so a clip comes out as it would alone; returns
-        ``(audio (B, T * hop), audio lengths (B,) = lengths * hop)``, both numpy for numpy input.
+        the audio past ``length * hop`` is zero, so a clip comes out as it would alone; the
+        return type is the same as without ``lengths`` (audio ``(B, T * hop)``), clip i being
+        ``audio[i, : lengths[i] * hop_length]``.
+
+        ``check_input``: warn (``waveflow.melcheck.MelScaleWarning``) when the values are not a
+        log-mel of the convention (linear, power, dB, log10, frames out of range), naming what
+        was given and how to convert it; False skips the check.
         """
         sigma = self.sigma if sigma is None else sigma
         postfilter = check_strength(self.postfilter_strength if postfilter is None else postfilter)
@@ -332,7 +422,7 @@ class Vocoder:
         if isinstance(mel, (list, tuple)):
             if lengths is not None:
                 raise ValueError("lengths= is for a padded batch array; a list already gives each mel its length")
-            return self._call_list(list(mel), options, time_major)
+            return self._call_list(list(mel), options, time_major, check_input)
         batch = check_mel(mel, self.n_mels, time_major=time_major)
         frames = [batch.shape[2]] * batch.shape[0]
         if lengths is not None:
@@ -342,12 +432,11 @@ class Vocoder:
             batch = batch.clone()
             for i, f in enumerate(frames):
                 batch[i, :, f:] = self.silence
+        if check_input:
+            warn_mel_scale(batch, self.config.mel.clamp_min)
         out = self._synthesize(batch, frames, *options)
         out = out.cpu().numpy() if isinstance(mel, np.ndarray) else out.to(mel.device)
-        if lengths is None:
-            return out[0] if mel.ndim == 2 else out
-        samples = [f * self.hop_length for f in frames]
-        return out, (np.asarray(samples, dtype=np.int64) if isinstance(mel, np.ndarray) else torch.tensor(samples))
+        return out[0] if mel.ndim == 2 else out
 
     @staticmethod
     def _check_lengths(lengths, batch: int, frames: int) -> list[int]:
@@ -356,13 +445,15 @@ class Vocoder:
             raise ValueError(f"lengths {values!r}: expected {batch} integers in 1..{frames} (valid frames per mel)")
         return [int(v) for v in values]
 
-    def _call_list(self, mels, options: tuple, time_major: bool) -> list[MelLike]:
+    def _call_list(self, mels, options: tuple, time_major: bool, check_input: bool = True) -> list[MelLike]:
         if not mels:
             return []
         checked = [check_mel(m, self.n_mels, name=f"mel {i}", time_major=time_major) for i, m in enumerate(mels)]
         for i, m in enumerate(checked):
             if m.shape[0] != 1:
                 raise ValueError(f"mel {i}: shape {tuple(mels[i].shape)}; a list holds single mels (n_mels, frames)")
+            if check_input:
+                warn_mel_scale(m, self.config.mel.clamp_min, name=f"mel {i}", stacklevel=4)
         frames = [m.shape[2] for m in checked]
         longest = max(frames)
         batch = torch.full((len(checked), self.n_mels, longest), self.silence)
