@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,15 @@ from waveflow.model import WaveGlow
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("WAVEFLOW_SHARED", REPO.parent / "shared"))
 MINI_CORPUS = SHARED / "data" / "LJSpeech-1.1-mini"
+
+
+# Model overrides of the tiny preset with two and three early outputs (the tiny preset has one;
+# the default, paper and realtime presets have two or more, and the order in which early
+# outputs re-join the flow only shows with two or more).
+EARLY_OUTPUTS = {
+    2: dict(n_group=8, n_flows=6, n_early_every=2, n_early_size=2),  # leave before flows 2 and 4
+    3: dict(n_group=8, n_flows=4, n_early_every=1, n_early_size=2),  # leave before flows 1, 2 and 3
+}
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -64,3 +75,60 @@ def mini_corpus() -> Path:
 @pytest.fixture
 def clip(mini_corpus) -> Path:
     return mini_corpus / "wavs" / "LJ001-0001.wav"
+
+
+@pytest.fixture(autouse=True)
+def _restore_waveflow_logger():
+    """The CLI's ``configure_logging`` adds a handler to the ``waveflow`` logger and stops its
+    propagation, which hides every later message from ``caplog``. Put the logger back after each
+    test, so that no test depends on whether an earlier one ran ``main()`` in this process."""
+    logger = logging.getLogger("waveflow")
+    saved = logger.handlers[:], logger.propagate, logger.level
+    yield
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
+
+
+# ------------------------------------------------------------------ random order
+# WAVEFLOW_TEST_SEED=N runs the tests in a shuffled order (modules shuffled, and the tests
+# within each module, so that module-scoped fixtures are still built once); "random" draws a
+# seed. The seed is printed in the header so that a failing order can be replayed.
+def _order_seed() -> int | None:
+    value = os.environ.get("WAVEFLOW_TEST_SEED", "").strip()
+    if not value:
+        return None
+    if value == "random":
+        return random.SystemRandom().randrange(10**6)
+    try:
+        return int(value)
+    except ValueError:
+        raise pytest.UsageError(f"WAVEFLOW_TEST_SEED must be an integer or 'random', got {value!r}") from None
+
+
+def pytest_configure(config):
+    config._waveflow_order_seed = _order_seed()
+
+
+def pytest_report_header(config):
+    seed = config._waveflow_order_seed
+    if seed is None:
+        return "test order: as written (WAVEFLOW_TEST_SEED=N shuffles it)"
+    return f"test order: shuffled with seed {seed} (replay: WAVEFLOW_TEST_SEED={seed})"
+
+
+def pytest_collection_modifyitems(config, items):
+    seed = config._waveflow_order_seed
+    if seed is None:
+        return
+    rng = random.Random(seed)
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(str(item.path), []).append(item)
+    order = list(modules)
+    rng.shuffle(order)
+    shuffled = []
+    for name in order:
+        group = modules[name]
+        rng.shuffle(group)
+        shuffled.extend(group)
+    items[:] = shuffled
