@@ -161,3 +161,17 @@ def test_a_corpus_with_bad_clips_is_prepared_with_every_skip_explained(tmp_path,
         assert main(["prepare", "--data", str(corpus), "--out", str(tmp_path / "p2")]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
+
+
+def test_every_epoch_is_a_new_shuffle_of_every_clip(tmp_path):
+    """Each epoch visits every clip once, in an order of its own (not the first epoch's again)."""
+    clips = [Clip(f"c{i}", str(tmp_path / f"c{i}.wav"), 3000) for i in range(12)]
+    batches = SegmentBatches(clips, 1024, 3, seed=5)  # 4 steps per epoch
+    epochs = [[i for step in range(4 * e, 4 * e + 4) for i in batches.clip_indices(step)] for e in range(4)]
+    for order in epochs:
+        assert sorted(order) == list(range(12))
+    assert len({tuple(order) for order in epochs}) == 4, epochs
+    assert epochs[0] != list(range(12))  # shuffled, not the list order
+    # and the same seed gives the same epochs (a resumed run sees the same batches)
+    again = SegmentBatches(clips, 1024, 3, seed=5)
+    assert [i for step in (13, 14) for i in again.clip_indices(step)] == epochs[3][3:9]
