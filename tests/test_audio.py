@@ -131,3 +131,38 @@ def test_save_wav_round_trip_and_atomicity(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]
     with pytest.raises(ValueError, match="does not exist"):
         save_wav(tmp_path / "missing" / "x.wav", audio)
+
+
+def test_save_wav_writes_beside_the_target_then_renames(tmp_path, monkeypatch):
+    """The new wav is complete in a temp file before it replaces the old one, and a write that
+    fails at the disk (after the file was opened) leaves the old wav and no temp file."""
+    import errno
+    import os
+
+    from waveflow.atomic import WriteError
+
+    path = tmp_path / "out.wav"
+    old = np.zeros(1000, np.float32)
+    save_wav(path, old)
+    before = path.read_bytes()
+    new = (np.sin(np.arange(3000) / 10) * 0.5).astype(np.float32)
+    renames = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        renames.append((sf.info(src).frames, path.read_bytes() == before))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    save_wav(path, new)
+    assert renames == [(3000, True)]  # the temp file held the whole new wav; the target was still the old one
+    monkeypatch.undo()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteError, match="No space left"):
+        save_wav(path, old)
+    np.testing.assert_allclose(sf.read(path, dtype="float32")[0], new, atol=1 / 32768)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]
