@@ -16,6 +16,7 @@ from test_vocoder import random_mel, tiny_vocoder
 
 from waveflow.audio import MelSpectrogram
 from waveflow.config import ConfigError, make_config
+from waveflow.pitch import PERIODS, REFERENCE_HZ
 from waveflow.postfilter import CUTOFF_HZ, FIR_HALF, HarmonicPostfilter, lowpass_taps
 from waveflow.streaming import StreamingVocoder, snr_db
 from waveflow.vocoder import Vocoder
@@ -108,6 +109,30 @@ def test_the_mel_pitch_places_the_comb_on_a_voice():
     assert abs(untouched) < 0.2, untouched
 
 
+@pytest.mark.parametrize("f0", [110.0, 120.0, 130.0, 150.0, 183.0, 200.0, 220.0])
+def test_the_comb_period_is_the_pitch_trackers_own_period(f0):
+    """The pitch tracker picks a whole period T and encodes it as log(sr / T) - log(200); the comb
+    must use that same T. Decoding in floating point lands a hair below T at some F0s (120, 130,
+    183, 200, 220 Hz, whose true periods fall between integers) and a hair above at others, so a
+    period truncated instead of rounded is one sample short there only. The reference decodes
+    by brute force: the candidate period whose encoding is nearest the feature."""
+    pf = HarmonicPostfilter()
+    mel = MelSpectrogram()(harmonic(f0, 0.5))[None]
+    feature = pf.pitch(mel)[0, 0].double().numpy()
+    candidates = np.arange(PERIODS[0], PERIODS[1] + 1)
+    encoded = np.log(SR / candidates) - np.log(REFERENCE_HZ)
+    expected = candidates[np.abs(feature[:, None] - encoded[None]).argmin(1)]
+    period, voicing = pf.frame_tracks(mel)
+    assert period.dtype == torch.long
+    np.testing.assert_array_equal(period[0].numpy(), expected)
+    inner = period[0, 5:-5].double()
+    assert ((inner - SR / f0).abs() <= 1).all() and float(voicing[0, 5:-5].min()) > 0.9  # the voice's own period
+    # and per sample, each sample's frame's period
+    per_sample, _ = pf.sample_tracks(period, voicing, 0, 20 * 256)
+    frames = (torch.arange(20 * 256) + 128) // 256
+    assert torch.equal(per_sample[0], period[0, frames])
+
+
 def test_silence_stays_silent_and_bad_calls_say_what_was_expected():
     pf = HarmonicPostfilter()
     mel = torch.full((1, 80, 20), math.log(1e-5))
@@ -164,6 +189,10 @@ def test_padded_batch_with_post_processing_equals_one_by_one(train):
 def test_postfilter_on_a_model_without_pitch_conditioning():
     """Any model can use it: the tracks come from the mel, not from the model."""
     voc = tiny_vocoder()
-    mel = random_mel(12)
+    mel = MelSpectrogram()(harmonic(150.0, 0.3))
     out = voc(mel, seed=0, postfilter=1.0)
-    assert out.shape == (12 * 256,) and torch.isfinite(out).all()
+    assert out.shape == (mel.shape[1] * 256,) and torch.isfinite(out).all()
+    raw = voc(mel, seed=0, postfilter=0.0)
+    assert snr_db(raw, out) < 40  # it acts on a voiced mel
+    torch.testing.assert_close(out, voc.postfilter(raw[None], mel[None], 1.0)[0])
+    assert voc(random_mel(12), seed=0, postfilter=1.0).shape == (12 * 256,)
