@@ -175,5 +175,17 @@ def test_streaming_with_the_mel_correction_equals_offline(chunk):
 
 def test_mel_correction_on_any_model_and_a_clip_of_three_frames():
     """(A padded batch with it equals the clips one by one: test_postfilter.)"""
-    out = tiny_vocoder()(random_mel(3), seed=0, mel_correction=2)
+    voc, mel = tiny_vocoder(), random_mel(3)
+    out = voc(mel, seed=0, mel_correction=2)
     assert out.shape == (3 * 256,) and torch.isfinite(out).all()
+    raw = voc(mel, seed=0, mel_correction=0)
+    assert snr_db(raw, out) < 20  # it acts
+    torch.testing.assert_close(out, voc.mel_correction(raw[None], mel[None], 2)[0])
+    # and moves the output's mel toward the one asked for
+    mel = random_mel(40, seed=1)
+    raw, out = voc(mel, seed=0, mel_correction=0), voc(mel, seed=0, mel_correction=2)
+
+    def distance(audio: torch.Tensor) -> float:
+        return float((MelSpectrogram()(audio)[:, :-1] - mel).abs().mean())
+
+    assert distance(out) < 0.8 * distance(raw), (distance(out), distance(raw))
