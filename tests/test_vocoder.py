@@ -24,17 +24,19 @@ from waveflow.vocoder import (
 HOP = 256
 
 
-def tiny_setup(seed: int = 0):
-    """A perturbed tiny model (weight norm on, as trained) and its Config."""
-    cfg = make_config("tiny")
+def tiny_setup(seed: int = 0, **model_overrides):
+    """A perturbed tiny model (weight norm on, as trained) and its Config; ``model_overrides``
+    change the tiny preset (e.g. ``conftest.EARLY_OUTPUTS[2]``)."""
+    cfg = make_config("tiny", {"model": model_overrides})
     torch.manual_seed(seed)
     model = perturb_(WaveGlow(cfg.model), std=0.05, seed=seed)
     return model, cfg
 
 
-def tiny_vocoder(seed: int = 0, **kwargs) -> Vocoder:
-    model, cfg = tiny_setup(seed)
-    return Vocoder(model, cfg, **kwargs)
+def tiny_vocoder(seed: int = 0, model: dict | None = None, **kwargs) -> Vocoder:
+    """A Vocoder over ``tiny_setup(seed, **model)``; ``kwargs`` go to Vocoder."""
+    net, cfg = tiny_setup(seed, **(model or {}))
+    return Vocoder(net, cfg, **kwargs)
 
 
 def write_tiny_checkpoint(path, seed: int = 0) -> None:
