@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_finite, brute_force_logdet, tiny_config, tiny_model
+from conftest import EARLY_OUTPUTS, assert_finite, brute_force_logdet, tiny_config, tiny_model
 
 from waveflow.config import MODEL_PRESETS, ModelConfig, model_preset
 from waveflow.cost import flops_per_sample
@@ -19,6 +19,8 @@ VARIANTS = {
     "actnorm": dict(actnorm=True),
     "lu_actnorm_no_wn": dict(lu=True, actnorm=True, weight_norm=False),
     "group_rate_cond": dict(cond_rate="group", upsample_kernel=128),
+    "two_early": EARLY_OUTPUTS[2],
+    "three_early": EARLY_OUTPUTS[3],
 }
 
 
@@ -33,7 +35,8 @@ def test_model_inverse_recovers_audio(variant):
     model = tiny_model(**VARIANTS[variant])
     audio, mel = _pair()
     z, logdet = model(audio, mel)
-    assert z.shape == (2, 4, 256) and logdet.shape == (2,)
+    n_group = model.cfg.n_group
+    assert z.shape == (2, n_group, 1024 // n_group) and logdet.shape == (2,)
     assert_finite(z, logdet)
     torch.testing.assert_close(model.inverse(z, mel), audio, atol=1e-4, rtol=0)
     model.eval()

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, tiny_model
+from conftest import EARLY_OUTPUTS, REPO, tiny_model
 
 from waveflow.checkpoint import load_model, save_checkpoint
 from waveflow.config import make_config
@@ -40,9 +40,9 @@ def glow(monkeypatch):
     return importlib.import_module("glow")
 
 
-def _nvidia_model(glow, layout, seed=0, upsample=UPSAMPLE):
+def _nvidia_model(glow, layout, seed=0, upsample=UPSAMPLE, small=None):
     torch.manual_seed(seed)
-    model = glow.WaveGlow(**SMALL, WN_config=WN_CFG, upsample=upsample, layout=layout)
+    model = glow.WaveGlow(**(small or SMALL), WN_config=WN_CFG, upsample=upsample, layout=layout)
     return glow.perturb(model, seed).eval()
 
 
@@ -83,6 +83,23 @@ def test_pickled_release_converts_to_the_same_function(tmp_path, glow, layout):
     # Every tensor is mapped: same number of values on both sides (fused rows are concatenations).
     assert model.num_parameters() == _nvidia_numel(nv)
     _assert_same_function(glow, nv, model)
+
+
+@pytest.mark.parametrize("early", sorted(EARLY_OUTPUTS))
+def test_releases_with_several_early_outputs_convert_to_the_same_function(tmp_path, glow, early):
+    """NVIDIA's published models have two early outputs: the order in which they re-join the
+    flow on the way back only shows with two or more."""
+    shape = EARLY_OUTPUTS[early]
+    small = {**SMALL, **{k: shape[k] for k in ("n_flows", "n_group", "n_early_every", "n_early_size")}}
+    nv = _nvidia_model(glow, "latest", seed=early, small=small)
+    path = tmp_path / "waveglow.pt"
+    torch.save({"model": nv, "iteration": 1}, path)
+    model, cfg = load_nvidia(path)
+    assert sum(cfg.model.early_output_at(k) for k in range(cfg.model.n_flows)) == early
+    _assert_same_function(glow, nv, model, n_group=shape["n_group"])
+    mel, z, _ = _inputs(n_group=shape["n_group"])
+    with torch.no_grad():  # and our own inverse undoes our own forward
+        torch.testing.assert_close(model(model.inverse(z, mel), mel)[0], z, rtol=1e-4, atol=1e-4)
 
 
 def test_legacy_serialization_format_loads(tmp_path, glow):
