@@ -15,7 +15,7 @@ from test_vocoder import random_mel
 from waveflow.audio import MelSpectrogram
 from waveflow.config import make_config, model_preset
 from waveflow.model import WaveGlow
-from waveflow.pitch import REFERENCE_HZ, MelPitch
+from waveflow.pitch import REFERENCE_HZ, MelPitch, period_voicing
 from waveflow.streaming import StreamingVocoder, snr_db
 from waveflow.vocoder import Vocoder
 
@@ -73,3 +73,16 @@ def test_streaming_with_pitch_features_equals_offline():
     offline = voc(mel, seed=2)
     streamed, _ = stream_all(StreamingVocoder(voc, seed=2, lookahead=2, lookback=4), mel, 7)
     assert snr_db(offline, streamed) > 80
+
+
+def test_voicing_rises_from_score_half_to_one_over_the_documented_span():
+    """period_voicing's contract (pitch.py, source.py, postfilter.py): voicing 0 up to a periodicity
+    score of 0.5, rising linearly to 1 at 0.8; the period is the sample rate over the decoded F0.
+    Noise scores 0.30-0.65 (mean 0.45) on these features, so where voicing starts decides how much
+    of a noisy stretch the post-filter and the pulse source treat as voiced."""
+    scores = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
+    log_f0 = torch.linspace(-1.0, 1.0, 101, dtype=torch.float64)
+    period, voicing = period_voicing(torch.stack([log_f0, scores])[None], 22050)
+    expected = torch.clamp((scores - 0.5) / 0.3, 0.0, 1.0)
+    torch.testing.assert_close(voicing[0], expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(period[0], 22050 / (REFERENCE_HZ * torch.exp(log_f0)), rtol=1e-12, atol=0)
