@@ -1,0 +1,446 @@
+"""Mutation check: plant small, realistic bugs in the package one at a time and see that the
+tests catch each.
+
+Every mutant is a text patch on one file of ``waveflow/`` (an exact old string, which must occur
+exactly once, and its replacement) with the tests that should catch it. Each runs in a fresh
+copy of the repository (the package, the tests and what they read; never ``.venv``), with this
+Python's pytest run from inside the copy, so that the copy's package is the one imported (the
+editable install points at the original tree: the script checks which one a copy imports before
+it starts). A mutant is caught when its tests fail, survives when they pass.
+
+    python scripts/mutants.py                 # every mutant, one at a time
+    python scripts/mutants.py -j 2            # two at a time
+    python scripts/mutants.py --only NAME ... # some of them (names or shell patterns, e.g. 'stream*')
+    python scripts/mutants.py --list          # names, files and tests; whether each patch applies
+    python scripts/mutants.py --tree DIR      # the package and tests of another checkout (e.g. an older one)
+    python scripts/mutants.py --whole-files   # each mutant's whole test files, not its -k selection (slow)
+
+Prints one line per mutant and the score; exits 1 if any mutant survived or could not be run.
+A patch whose old string is no longer in the file (the code moved on) is reported as
+"patch not applicable" and counted as not caught: update the mutant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COPY = ("waveflow", "tests", "recipes", "scripts", "pyproject.toml")  # what the tests read
+IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "*.egg-info")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # relative to the repository
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest arguments: test files, node ids, and optionally "-k", "EXPR"
+    why: str = ""
+    timeout: int = field(default=240, compare=False)
+
+
+def m(name: str, file: str, old: str, new: str, *tests: str, why: str = "", timeout: int = 240) -> Mutant:
+    return Mutant(name, f"waveflow/{file}", old, new, tests, why, timeout)
+
+
+MUTANTS: list[Mutant] = [
+    # ------------------------------------------------------------------ flows
+    m("coupling_logdet_sign", "flows.py",
+      "return torch.cat([xa, yb], dim=1), log_s.sum(dim=(1, 2))",
+      "return torch.cat([xa, yb], dim=1), -log_s.sum(dim=(1, 2))",
+      "tests/test_flows.py", "-k", "logdet_matches"),
+    m("coupling_inverse_shift_sign", "flows.py",
+      "xb = ((yb.to(log_s.dtype) - shift) * torch.exp(-log_s))",
+      "xb = ((yb.to(log_s.dtype) + shift) * torch.exp(-log_s))",
+      "tests/test_flows.py", "-k", "inverse_recovers_input"),
+    m("invconv_logdet_counts_channels", "flows.py",
+      "logdet = (self.log_abs_det() * x.shape[-1])",
+      "logdet = (self.log_abs_det() * x.shape[1])",
+      "tests/test_flows.py", "-k", "logdet_matches"),
+    m("lu_logdet_abs", "flows.py",
+      "return self.log_s.double().sum()",
+      "return self.log_s.double().abs().sum()",
+      "tests/test_flows.py", "-k", "logdet_matches"),
+    m("actnorm_inverse_shift_sign", "flows.py",
+      "return y * torch.exp(-self.log_scale).to(y.dtype) - self.loc.to(y.dtype)",
+      "return y * torch.exp(-self.log_scale).to(y.dtype) + self.loc.to(y.dtype)",
+      "tests/test_flows.py", "-k", "inverse_recovers_input"),
+    m("squeeze_layout", "flows.py",
+      "return audio.view(b, t // n_group, n_group).transpose(1, 2)",
+      "return audio.view(b, n_group, t // n_group)",
+      "tests/test_flows.py", "-k", "squeeze"),
+    # ------------------------------------------------------------------ model
+    m("early_outputs_rejoin_in_wrong_order", "model.py",
+      "x = torch.cat([early.pop(), x], dim=1)",
+      "x = torch.cat([early.pop(0), x], dim=1)",
+      "tests/test_model.py", "-k", "inverse_recovers_audio",
+      why="issue 24: every test model had a single early output"),
+    m("early_outputs_leave_in_wrong_order", "model.py",
+      "return torch.cat([*early, x], dim=1), logdet",
+      "return torch.cat([*reversed(early), x], dim=1), logdet",
+      "tests/test_model.py", "-k", "inverse_recovers_audio"),
+    m("model_drops_the_lp_logdet", "model.py",
+      "audio, logdet = self.lpc(audio, mel, context)",
+      "audio, _ = self.lpc(audio, mel, context)",
+      "tests/test_lpc.py", "-k", "log_det"),
+    # ------------------------------------------------------------------ linear prediction
+    m("lp_gain_logdet_sign", "lpc.py",
+      "logdet = -torch.log(g)[:, idx].sum(-1)",
+      "logdet = torch.log(g)[:, idx].sum(-1)",
+      "tests/test_lpc.py", "-k", "log_det"),
+    m("levinson_error_update", "lpc.py",
+      "neg_err = neg_err.addcmul(neg_err * k, k, value=-1.0)",
+      "neg_err = neg_err.addcmul(neg_err, k, value=-1.0)",
+      "tests/test_lpc.py", "-k", "levinson or gain or silence"),
+    m("lp_context_ignored", "lpc.py",
+      "windows = torch.cat([context, x], dim=1)",
+      "windows = torch.cat([torch.zeros_like(context), x], dim=1)",
+      "tests/test_lpc.py", "-k", "context"),
+    m("stream_drops_the_lp_state", "streaming.py",
+      "audio, self._lp_state = lpc.synthesize(residual, a, g, start=lo, state=self._lp_state)",
+      "audio, self._lp_state = lpc.synthesize(residual, a, g, start=lo, state=None)",
+      "tests/test_lpc.py", "-k", "streaming"),
+    # ------------------------------------------------------------------ pulse source
+    m("free_phase_one_step_ahead", "source.py",
+      "phase = torch.cumsum(step, dim=1) - step",
+      "phase = torch.cumsum(step, dim=1)",
+      "tests/test_source.py", "-k", "free_phase or streaming"),
+    m("phase_advance_one_sample_short", "source.py",
+      "(2 * math.pi * self.hop_length / period).sum(dim=1)",
+      "(2 * math.pi * (self.hop_length - 1) / period).sum(dim=1)",
+      "tests/test_source.py", "-k", "free_phase or streaming"),
+    m("pulse_picker_takes_the_smallest", "source.py",
+      "t = a + int(np.argmax(mag[a:b]))",
+      "t = a + int(np.argmin(mag[a:b]))",
+      "tests/test_source.py", "-k", "pulses"),
+    m("stream_does_not_carry_the_phase", "streaming.py",
+      "self._phase = source.advance(self._mel[None, :, :drop].to(mel.device), self._phase).cpu()",
+      "self._phase = self._phase",
+      "tests/test_source.py", "-k", "streaming"),
+    # ------------------------------------------------------------------ pitch
+    m("pitch_period_off_by_one", "pitch.py",
+      "log_f0 = torch.log(self.sample_rate / (best + PERIODS[0]).double())",
+      "log_f0 = torch.log(self.sample_rate / (best + PERIODS[0] + 1).double())",
+      "tests/test_pitch.py", "-k", "f0_of"),
+    m("voicing_threshold_moved", "pitch.py",
+      "VOICED = 0.5  # periodicity score where voicing starts",
+      "VOICED = 0.45  # periodicity score where voicing starts",
+      "tests/test_pitch.py", "-k", "voicing",
+      why="issue 24: caught by a 0.4 dB margin only"),
+    # ------------------------------------------------------------------ post-filter
+    m("postfilter_period_truncated", "postfilter.py",
+      "return period.round().long(), voicing.float()",
+      "return period.long(), voicing.float()",
+      "tests/test_postfilter.py", "-k", "comb_period",
+      why="issue 24: the comb test used 150 Hz, where rounding and truncating agree"),
+    m("postfilter_ignores_voicing", "postfilter.py",
+      "return (x + strength * voicing.to(x.device) * low).to(audio.dtype)",
+      "return (x + strength * low).to(audio.dtype)",
+      "tests/test_postfilter.py", "-k", "direct_sum or identity"),
+    m("postfilter_end_tap_zero", "postfilter.py",
+      "x_ahead = torch.where(ahead < length, torch.gather(x, 1, ahead.clamp(max=length - 1)), x)",
+      "x_ahead = torch.where(ahead < length, torch.gather(x, 1, ahead.clamp(max=length - 1)), 0 * x)",
+      "tests/test_postfilter.py", "-k", "direct_sum or identity"),
+    m("postfilter_margin_without_the_fir", "postfilter.py",
+      "self.margin = PERIODS[1] + FIR_HALF",
+      "self.margin = PERIODS[1]",
+      "tests/test_postfilter.py", "-k", "streaming_with_the_postfilter"),
+    m("vocoder_postfilter_not_applied", "vocoder.py",
+      "audio[i, : f * self.hop_length] = self.postfilter(clip, mel[i : i + 1, :, :f], postfilter)[0]",
+      "audio[i, : f * self.hop_length] = clip[0]",
+      "tests/test_postfilter.py", "-k", "without_pitch",
+      why="issue 24: the test of a model without pitch conditioning checked shape and finiteness only"),
+    # ------------------------------------------------------------------ mel correction
+    m("mel_correction_gain_cap_in_power_db", "melcorrect.py",
+      "self.max_log_gain = max_gain_db * math.log(10) / 20",
+      "self.max_log_gain = max_gain_db * math.log(10) / 10",
+      "tests/test_melcorrect.py"),
+    m("mel_correction_margin_one_step_short", "melcorrect.py",
+      "return iterations * self.step_reach",
+      "return (iterations - 1) * self.step_reach",
+      "tests/test_melcorrect.py", "-k", "streaming or reach"),
+    m("vocoder_mel_correction_not_applied", "vocoder.py",
+      "audio[i, : f * self.hop_length] = self.mel_correction(clip, target, mel_correction)[0]",
+      "audio[i, : f * self.hop_length] = clip[0]",
+      "tests/test_melcorrect.py", "-k", "three_frames",
+      why="issue 24: the test on any model checked shape and finiteness only"),
+    # ------------------------------------------------------------------ streaming
+    m("default_lookback_one_frame_short", "streaming.py",
+      "self.lookback = self.lookahead + overlap if lookback is None else int(lookback)",
+      "self.lookback = self.lookahead + overlap - 1 if lookback is None else int(lookback)",
+      "tests/test_streaming.py", "-k", "default_context",
+      why="issue 24: the default-context test accepted 30 dB"),
+    m("default_lookahead_one_frame_short", "streaming.py",
+      "return min(receptive_field_frames(vocoder.model), MAX_DEFAULT_LOOKAHEAD)",
+      "return min(receptive_field_frames(vocoder.model) - 1, MAX_DEFAULT_LOOKAHEAD)",
+      "tests/test_streaming.py", "-k", "default_context or latency"),
+    m("receptive_field_one_layer_short", "vocoder.py",
+      "steps = cfg.n_flows * (cfg.kernel_size - 1) // 2 * (2**cfg.n_layers - 1)",
+      "steps = cfg.n_flows * (cfg.kernel_size - 1) // 2 * (2 ** (cfg.n_layers - 1) - 1)",
+      "tests/test_vocoder.py", "-k", "receptive_field"),
+    m("positional_noise_block_offset", "vocoder.py",
+      "out[:, lo - start : hi - start] = noise[:, lo - block * NOISE_BLOCK : hi - block * NOISE_BLOCK]",
+      "out[:, lo - start : hi - start] = noise[:, : hi - lo]",
+      "tests/test_vocoder.py", "-k", "positional_noise"),
+    # ------------------------------------------------------------------ training
+    m("gradient_guard_disabled", "train.py",
+      'if not torch.isfinite(grad_norm) and self.precision != "fp16":',
+      'if not torch.isfinite(grad_norm) and self.precision == "fp16":',
+      "tests/test_train.py", "-k", "guard",
+      why="issue 24: only a NaN loss was injected, never a finite loss with a non-finite gradient"),
+    m("nan_loss_guard_removed", "train.py",
+      "        if not self.ctx.all_true(bool(torch.isfinite(nll.nats))):\n            return None\n",
+      "",
+      "tests/test_train.py", "-k", "guard",
+      why="issue 24: on the CPU the gradient guard hid it"),
+    m("bad_step_count_not_reset", "train.py",
+      "            self.bad_in_a_row = 0\n            self.step += 1\n",
+      "            self.step += 1\n",
+      "tests/test_train.py", "-k", "non_finite_steps", timeout=300),
+    m("same_shuffle_every_epoch", "data.py",
+      "np.random.default_rng([self.seed, epoch]).permutation(len(self.clips))",
+      "np.random.default_rng([self.seed, 0]).permutation(len(self.clips))",
+      "tests/test_data.py", "-k", "shuffle",
+      why="issue 24: nothing checked that epochs reshuffle"),
+    m("segment_offsets_seeded_by_step", "data.py",
+      "rng = np.random.default_rng([self.seed, position])",
+      "rng = np.random.default_rng([self.seed, step])",
+      "tests/test_data.py", "-k", "ranks"),
+    # ------------------------------------------------------------------ checkpoints and atomic writes
+    m("no_fsync_before_rename", "atomic.py",
+      "            os.fsync(handle.fileno())\n",
+      "",
+      "tests/test_atomic.py",
+      why="issue 24: invisible without a crash; the test checks the call"),
+    m("temp_file_left_after_a_failure", "atomic.py",
+      "        if os.path.exists(tmp):\n            os.unlink(tmp)\n",
+      "",
+      "tests/test_atomic.py"),
+    m("umask_permissions_not_applied", "atomic.py",
+      "        os.chmod(tmp, 0o666 & ~umask)\n",
+      "",
+      "tests/test_atomic.py"),
+    m("save_wav_not_atomic", "audio.py",
+      "    with atomic_open(path) as handle:\n        handle.write(buffer.getbuffer())",
+      '    with open(path, "wb") as handle:\n        handle.write(buffer.getbuffer())',
+      "tests/test_audio.py", "-k", "save_wav",
+      why="issue 24: the atomicity test checked only the NaN refusal, before any file is opened"),
+    m("checkpoint_version_check_inverted", "checkpoint.py",
+      "if not isinstance(version, int) or version > VERSION:",
+      "if not isinstance(version, int) or version < VERSION:",
+      "tests/test_checkpoint.py"),
+    m("checkpoint_shape_mismatch_not_reported", "checkpoint.py",
+      "    if missing or unexpected or shapes:\n",
+      "    if missing or unexpected:\n",
+      "tests/test_checkpoint.py", "tests/test_nvidia.py", "-k", "another_config or bad_inputs"),
+    # ------------------------------------------------------------------ config
+    m("odd_channel_counts_accepted", "config.py",
+      "channels >= 2 and channels % 2 == 0,",
+      "channels >= 2,",
+      "tests/test_config.py"),
+    m("integers_accepted_as_booleans", "config.py",
+      "        if not isinstance(value, bool):\n",
+      "        if not isinstance(value, (bool, int)):\n",
+      "tests/test_config.py"),
+    # ------------------------------------------------------------------ loss
+    m("gaussian_constant_without_the_square", "loss.py",
+      "return 0.5 * math.log(2 * math.pi * sigma * sigma)",
+      "return 0.5 * math.log(2 * math.pi * sigma)",
+      "tests/test_loss.py"),
+    # ------------------------------------------------------------------ audio and mel
+    m("mel_log_of_sum_instead_of_clamp", "audio.py",
+      "mel = torch.log(torch.clamp(mel, min=self.cfg.clamp_min)).float()",
+      "mel = torch.log(mel + self.cfg.clamp_min).float()",
+      "tests/test_audio_convention.py",
+      why="issue 24: the mel-convention mutants were caught only by a test that needs the corpus"),
+    m("mel_zero_padding", "audio.py",
+      '            pad_mode="reflect",\n',
+      '            pad_mode="constant",\n',
+      "tests/test_audio_convention.py",
+      why="issue 24: the mel-convention mutants were caught only by a test that needs the corpus"),
+    m("hifigan_preset_padded_like_the_default", "audio.py",
+      "            pad = (cfg.n_fft - cfg.hop_length) // 2\n",
+      "            pad = cfg.n_fft // 2\n",
+      "tests/test_audio_convention.py"),
+    m("symmetric_window", "audio.py",
+      "window=torch.hann_window(cfg.win_length, periodic=True, dtype=torch.float64)",
+      "window=torch.hann_window(cfg.win_length, periodic=False, dtype=torch.float64)",
+      "tests/test_audio_convention.py"),
+    m("filterbank_without_area_norm", "audio.py",
+      "weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]",
+      "weights *= (1.0 / (edges[2:] - edges[:-2]))[:, None]",
+      "tests/test_audio_convention.py"),
+]  # fmt: skip
+
+
+# ------------------------------------------------------------------ running
+@dataclass
+class Result:
+    mutant: Mutant
+    status: str  # caught, survived, timeout, patch not applicable, error
+    seconds: float = 0.0
+    detail: str = ""
+
+
+def make_copy(tree: Path, dest: Path) -> None:
+    for name in COPY:
+        src = tree / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=IGNORE, symlinks=True)
+        elif src.is_file():
+            shutil.copy2(src, dest / name)
+
+
+def environment(copy: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(copy) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.pop("WAVEFLOW_TEST_SEED", None)  # the tests' own order: -x stops at the first failure
+    env.setdefault("OMP_NUM_THREADS", "1")
+    # the copy lives in a temporary folder: point the tests at the shared data beside this tree
+    env.setdefault("WAVEFLOW_SHARED", str(REPO.parent / "shared"))
+    return env
+
+
+PROBE = """
+import conftest
+import waveflow
+
+
+def test_probe():
+    print("PROBE", waveflow.__file__, conftest.__file__)
+"""
+
+
+def check_import(copy: Path) -> None:
+    """Run pytest in a copy exactly as a mutant runs: the copy's package (not the editable
+    install's, which points at the original tree) and the copy's conftest must be imported."""
+    (copy / "tests" / "test_mutant_probe.py").write_text(PROBE)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "tests/test_mutant_probe.py"]
+    done = subprocess.run(cmd, cwd=copy, env=environment(copy), capture_output=True, text=True)
+    line = next((line for line in done.stdout.splitlines() if "PROBE" in line), "")
+    paths = [Path(p).resolve() for p in line.split("PROBE", 1)[-1].split()]
+    if done.returncode != 0 or len(paths) != 2 or not all(p.is_relative_to(copy.resolve()) for p in paths):
+        found = [str(p) for p in paths] or (done.stdout + done.stderr).strip()[-500:]
+        raise SystemExit(f"mutants: pytest in a copy at {copy} imports {found}, not the copy's own package")
+    print(f"mutants: pytest in a copy imports the copy's package ({paths[0].relative_to(copy.resolve())})")
+
+
+def whole_files(tests: tuple[str, ...]) -> tuple[str, ...]:
+    """The test files of a selection, without its ``-k`` filter or node ids."""
+    files, skip = [], False
+    for arg in tests:
+        if skip:
+            skip = False
+        elif arg == "-k":
+            skip = True
+        elif arg.split("::")[0] not in files:
+            files.append(arg.split("::")[0])
+    return tuple(files)
+
+
+def run_one(mutant: Mutant, tree: Path, whole: bool = False, timeout: int | None = None) -> Result:
+    source = tree / mutant.file
+    text = source.read_text() if source.is_file() else ""
+    count = text.count(mutant.old)
+    if count != 1:
+        where = "not found" if count == 0 else f"found {count} times"
+        return Result(mutant, "patch not applicable", detail=f"{mutant.file}: old string {where}")
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
+        copy = Path(tmp)
+        make_copy(tree, copy)
+        (copy / mutant.file).write_text(text.replace(mutant.old, mutant.new))
+        tests = whole_files(mutant.tests) if whole else mutant.tests
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+        limit = timeout or mutant.timeout
+        try:
+            done = subprocess.run(cmd, cwd=copy, env=environment(copy), capture_output=True, text=True, timeout=limit)
+        except subprocess.TimeoutExpired:
+            return Result(mutant, "timeout", time.monotonic() - start, f"over {limit} s")
+        seconds = time.monotonic() - start
+        tail = (done.stdout + done.stderr).strip().splitlines()
+        last = tail[-1] if tail else ""
+        # pytest: 0 all passed, 1 some failed, 2 interrupted (a collection error), 5 nothing selected
+        if done.returncode == 0:
+            return Result(mutant, "survived", seconds, last)
+        if done.returncode == 1:
+            failed = next((line for line in tail if line.startswith(("FAILED", "ERROR"))), last)
+            return Result(mutant, "caught", seconds, failed)
+        if done.returncode == 5:
+            return Result(mutant, "survived", seconds, "no test selected: " + " ".join(tests))
+        return Result(mutant, "error", seconds, f"pytest exit {done.returncode}: {last}")
+
+
+def select(names: list[str] | None) -> list[Mutant]:
+    if not names:
+        return MUTANTS
+    chosen = [mu for mu in MUTANTS if any(fnmatch.fnmatchcase(mu.name, pattern) for pattern in names)]
+    unknown = [p for p in names if not any(fnmatch.fnmatchcase(mu.name, p) for mu in MUTANTS)]
+    if unknown:
+        raise SystemExit(f"mutants: no mutant named {', '.join(unknown)} (see --list)")
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run these mutants (names or shell patterns)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and whether each patch applies")
+    parser.add_argument("-j", "--jobs", type=int, default=1, help="mutants run at the same time (default 1)")
+    parser.add_argument("--tree", type=Path, default=REPO, help="checkout whose package and tests are used")
+    parser.add_argument(
+        "--whole-files", action="store_true", help="run each mutant's whole test files, without its -k filter (slow)"
+    )
+    parser.add_argument("--timeout", type=int, help="seconds per mutant instead of each mutant's own limit")
+    args = parser.parse_args(argv)
+    tree = args.tree.resolve()
+    if not (tree / "waveflow").is_dir() or not (tree / "tests").is_dir():
+        raise SystemExit(f"mutants: {tree} holds no waveflow/ and tests/")
+    if args.jobs < 1:
+        raise SystemExit(f"mutants: --jobs must be >= 1, got {args.jobs}")
+    mutants = select(args.only)
+    if args.list:
+        for mu in mutants:
+            text = (tree / mu.file).read_text() if (tree / mu.file).is_file() else ""
+            ok = "applies" if text.count(mu.old) == 1 else "patch not applicable"
+            print(f"{mu.name:42s} {mu.file:24s} {ok:21s} {' '.join(mu.tests)}")
+        print(f"{len(mutants)} mutants")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="mutant-check-") as tmp:
+        make_copy(tree, Path(tmp))
+        check_import(Path(tmp))
+    print(f"{len(mutants)} mutants of {tree}, {args.jobs} at a time; each in a copy with its own package", flush=True)
+    start = time.monotonic()
+    results: list[Result] = []
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for result in pool.map(lambda mu: run_one(mu, tree, args.whole_files, args.timeout), mutants):
+            results.append(result)
+            print(
+                f"{result.status:21s} {result.mutant.name:42s} {result.seconds:5.0f} s  {result.detail[:100]}",
+                flush=True,
+            )
+    caught = [r for r in results if r.status == "caught"]
+    print(f"\nscore: {len(caught)}/{len(results)} caught ({100 * len(caught) / max(1, len(results)):.0f}%) "
+          f"in {time.monotonic() - start:.0f} s")  # fmt: skip
+    others = [r for r in results if r.status != "caught"]
+    if others:
+        print("not caught:")
+        for r in others:
+            print(f"  {r.mutant.name} ({r.status}): {r.mutant.file}, tests {' '.join(r.mutant.tests)}"
+                  + (f"; {r.detail}" if r.detail else ""))  # fmt: skip
+    return 1 if others else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
