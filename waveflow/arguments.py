@@ -121,6 +121,9 @@ def add_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", choices=DEVICES, help="where the model runs (default: cpu)")
     parser.add_argument("--json", default=None, help="also write the per-clip scores and means here")
     parser.add_argument("--no-griffin-lim", action="store_true", help="skip the Griffin-Lim floor")
+    parser.add_argument(
+        "--no-pitch", action="store_true", help="skip the pitch measures (F0 error, V/UV F1 from pyworld's harvest)"
+    )
 
 
 def add_export(parser: argparse.ArgumentParser) -> None:

@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("mel", "wav -> mel (.npy/.pt) of the vocoder's convention", arguments.add_mel, "synthesize", "run_mel"),
         (
             "evaluate",
-            "copy-synthesis quality (mel-L1, PESQ, STOI, NLL) vs Griffin-Lim",
+            "copy-synthesis quality (mel-L1, PESQ, STOI, NLL, F0 error, V/UV F1) vs Griffin-Lim",
             arguments.add_evaluate,
             "evaluate",
             "run",

@@ -5,6 +5,13 @@ usual measures of vocoder papers: mel-L1 (mean |log-mel difference|), PESQ wide-
 (both signals resampled with soxr, quality HQ), STOI, and the held-out NLL of the original
 audio under the flow (nats and bits per sample). Griffin-Lim (librosa, 60 iterations, from
 the same mel) is scored the same way as the floor a trained model must beat.
+
+Pitch (with ``pyworld``): an independent tracker, WORLD's harvest, on the reference, the
+output and Griffin-Lim's output, at the mel's own frame centres. ``pitch_agreement`` gives the
+F0 error in cents over the frames voiced in both tracks and the voiced/unvoiced F1 with the
+reference as truth; the same figures for the mel-derived track (``MelPitch``, voiced where
+its voicing exceeds 0.5) against harvest on the reference say where the voice's pitch is
+decided, before any network.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +36,16 @@ log = logging.getLogger("waveflow")
 PESQ_RATE = 16000
 GRIFFIN_LIM_ITERS = 60
 MEASURES = ("mel_l1", "pesq_wb", "stoi")
+# harvest's search range: below LJSpeech's lowest F0 (about 75 Hz) and above a raised voice's
+# highest, wider than MelPitch's 69-551 Hz so that the tracker does not share its limits
+HARVEST_F0_RANGE = (60.0, 800.0)
+MEL_VOICED = 0.5  # a frame counts as voiced by the mel when period_voicing's voicing exceeds this
+PITCH_MEASURES = ("f0_median_cents", "f0_p90_cents", "f0_rmse_cents", "vuv_f1", "voiced_recall")
+PITCH_SYSTEMS = {
+    "waveflow": "waveflow output (harvest)",
+    "griffin_lim": "Griffin-Lim (60 it.) output (harvest)",
+    "mel_track": "mel-derived track (MelPitch, voicing > 0.5)",
+}
 
 
 def _need(module: str):
@@ -77,6 +95,119 @@ def quality(reference: np.ndarray, degraded: np.ndarray, sample_rate: int, mel_f
         "pesq_wb": pesq_wb(reference, degraded, sample_rate),
         "stoi": stoi(reference, degraded, sample_rate),
     }
+
+
+def _pyworld():
+    """The pyworld module, or a ValueError saying why it cannot be used."""
+    try:
+        with warnings.catch_warnings():  # its pkg_resources deprecation notice, on every import
+            warnings.simplefilter("ignore", UserWarning)
+            import pyworld
+    except ImportError as exc:  # pyworld imports pkg_resources, gone from setuptools >= 81
+        raise ValueError(
+            f"pitch measures need pyworld, which cannot be imported ({exc}): "
+            "pip install 'waveflow[eval]' (pyworld and setuptools<81)"
+        ) from None
+    return pyworld
+
+
+def pitch_available() -> str | None:
+    """None when the pitch measures can run, else a one-line reason why not."""
+    try:
+        _pyworld()
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def harvest_f0(
+    audio: np.ndarray,
+    sample_rate: int,
+    hop: int,
+    frames: int | None = None,
+    start: int = 0,
+    f0_range: tuple[float, float] = HARVEST_F0_RANGE,
+) -> np.ndarray:
+    """F0 in Hz (0: unvoiced) of a 1-D ``audio`` by WORLD's harvest, ``(frames,)`` float64, at
+    samples ``start + i * hop``: the centres of the default convention's mel frames (frames
+    ``1 + len // hop``, the default count); the hifigan preset's are at ``hop / 2 + i * hop``."""
+    pyworld = _pyworld()
+    audio = np.asarray(audio)
+    if audio.ndim != 1 or not np.isfinite(audio).all():
+        raise ValueError(f"harvest_f0 needs 1-D finite audio, got shape {audio.shape}")
+    frames = 1 + len(audio) // hop if frames is None else frames
+    x = np.ascontiguousarray(audio[start:], dtype=np.float64)
+    # harvest's frame i is at i * frame_period ms of x, that is sample start + i * hop
+    f0, _ = pyworld.harvest(
+        x, sample_rate, f0_floor=f0_range[0], f0_ceil=f0_range[1], frame_period=1000.0 * hop / sample_rate
+    )
+    out = np.zeros(frames)
+    n = min(frames, len(f0))  # harvest counts int(1000 len / fs / period) + 1 frames, with float rounding
+    out[:n] = f0[:n]
+    return out
+
+
+def mel_f0(mel: np.ndarray, mel_cfg) -> np.ndarray:
+    """The mel-derived pitch track ``(F,)`` float64 of a log-mel ``(n_mels, F)``: F0 in Hz from
+    ``MelPitch``'s period where its voicing exceeds ``MEL_VOICED``, else 0."""
+    from waveflow.pulsetrain import mel_tracks
+
+    f0, voicing = mel_tracks(mel, mel_cfg)
+    return np.where(voicing > MEL_VOICED, f0, 0.0)
+
+
+def pitch_agreement(f0_ref: np.ndarray, f0_est: np.ndarray) -> dict[str, float]:
+    """How far a pitch track ``f0_est`` is from ``f0_ref`` (same frames, F0 in Hz, 0 where unvoiced).
+
+    Over the frames voiced in both, the absolute error ``|1200 log2(est / ref)|`` in cents:
+    median, 90th percentile (numpy's linear interpolation) and root mean square (NaN when no
+    frame is voiced in both). Voicing, with ``f0_ref`` as the truth: ``vuv_f1`` = 2 TP / (2 TP +
+    FP + FN), ``voiced_recall`` = TP / (TP + FN) (the share of the reference's voiced frames
+    voiced in the estimate), ``voiced_precision`` = TP / (TP + FP); NaN where the denominator
+    is 0. ``voiced_both``: the number of frames voiced in both.
+    """
+    ref, est = np.asarray(f0_ref, dtype=np.float64), np.asarray(f0_est, dtype=np.float64)
+    if ref.ndim != 1 or ref.shape != est.shape:
+        raise ValueError(f"pitch tracks must be 1-D of one length, got shapes {ref.shape} and {est.shape}")
+    if not (np.isfinite(ref).all() and np.isfinite(est).all()) or (ref < 0).any() or (est < 0).any():
+        raise ValueError("pitch tracks must hold F0 in Hz >= 0 (0: unvoiced), finite")
+    v_ref, v_est = ref > 0, est > 0
+    both = v_ref & v_est
+    tp, fp, fn = int(both.sum()), int((v_est & ~v_ref).sum()), int((v_ref & ~v_est).sum())
+    cents = np.abs(1200.0 * np.log2(est[both] / ref[both]))
+    nan = math.nan
+    return {
+        "f0_median_cents": float(np.median(cents)) if tp else nan,
+        "f0_p90_cents": float(np.percentile(cents, 90)) if tp else nan,
+        "f0_rmse_cents": float(np.sqrt(np.mean(cents**2))) if tp else nan,
+        "vuv_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else nan,
+        "voiced_recall": tp / (tp + fn) if tp + fn else nan,
+        "voiced_precision": tp / (tp + fp) if tp + fp else nan,
+        "voiced_both": float(tp),
+    }
+
+
+def _as_written(audio: np.ndarray) -> np.ndarray:
+    """The audio as a 16-bit wav holds it (``save_wav`` clips to [-1, 1))."""
+    return np.clip(audio.astype(np.float32), -1.0, 32767.0 / 32768.0)
+
+
+def clip_pitch(audio: np.ndarray, mel: np.ndarray, mel_cfg, outputs: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Pitch figures of one clip: each of ``outputs`` (system -> audio, scored as written) and
+    the mel-derived track (``"mel_track"``), against harvest on the reference ``audio``."""
+    frames, hop = mel.shape[-1], mel_cfg.hop_length
+    start = hop // 2 - mel_cfg.frame_offset  # where frame 0 is centred
+    track = lambda x: harvest_f0(x, mel_cfg.sample_rate, hop, frames, start)
+    ref = track(audio.astype(np.float32))
+    result = {name: pitch_agreement(ref, track(_as_written(out[: len(audio)]))) for name, out in outputs.items()}
+    result["mel_track"] = pitch_agreement(ref, mel_f0(mel, mel_cfg))
+    return result
+
+
+def _mean(values: list[float]) -> float:
+    """The mean of the finite values (NaN when there are none), without numpy's warning."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def griffin_lim(mel: np.ndarray, mel_cfg, length: int, n_iter: int = GRIFFIN_LIM_ITERS) -> np.ndarray:
@@ -169,8 +300,10 @@ def evaluate(
     griffin: bool = True,
     postfilter: float | None = None,
     mel_correction: int | None = None,
+    pitch: bool = True,
 ) -> dict:
-    """Score copy synthesis of every clip; returns {"clips": [...], "summary": {system: means}}."""
+    """Score copy synthesis of every clip; returns {"clips": [...], "summary": {system: means}}
+    and, with ``pitch`` (needs pyworld), {"pitch": {system: means}} (``clip_pitch`` per clip)."""
     from tqdm import tqdm
 
     from waveflow.audio import load_wav
@@ -185,9 +318,12 @@ def evaluate(
         row["synthesis_s"] = time.perf_counter() - t0
         row["waveflow"] = quality(audio, out, voc.sample_rate, voc.mel)
         row["waveflow"]["nll_nats"], row["waveflow"]["nll_bits"] = nll(voc, audio, mel)
+        outputs = {"waveflow": out}
         if griffin:
-            gl = griffin_lim(mel, voc.config.mel, len(audio))
+            gl = outputs["griffin_lim"] = griffin_lim(mel, voc.config.mel, len(audio))
             row["griffin_lim"] = quality(audio, gl, voc.sample_rate, voc.mel)
+        if pitch:
+            row["pitch"] = clip_pitch(audio, mel, voc.config.mel, outputs)
         rows.append(row)
     systems = ["waveflow", "griffin_lim"] if griffin else ["waveflow"]
     summary = {}
@@ -199,7 +335,13 @@ def evaluate(
     summary["waveflow"]["silence_rms"] = silence_rms(
         voc, sigma, seed, postfilter=postfilter, mel_correction=mel_correction
     )
-    return {"clips": rows, "summary": summary, "n_clips": len(rows), "audio_seconds": audio_s}
+    result = {"clips": rows, "summary": summary, "n_clips": len(rows), "audio_seconds": audio_s}
+    if pitch:
+        keys = rows[0]["pitch"]["mel_track"].keys()
+        result["pitch"] = {
+            system: {k: _mean([r["pitch"][system][k] for r in rows]) for k in keys} for system in rows[0]["pitch"]
+        }
+    return result
 
 
 def format_table(result: dict) -> str:
@@ -213,6 +355,21 @@ def format_table(result: dict) -> str:
         bits = f"{s['nll_bits']:.3f}" if "nll_bits" in s else "-"
         name = "Griffin-Lim (60 it.)" if system == "griffin_lim" else system
         lines.append(f"| {name} | {s['mel_l1']:.3f} | {s['pesq_wb']:.3f} | {s['stoi']:.3f} | {nats} | {bits} |")
+    if "pitch" in result:
+        lines += ["", format_pitch_table(result["pitch"])]
+    return "\n".join(lines)
+
+
+def format_pitch_table(pitch: dict[str, dict[str, float]]) -> str:
+    """A markdown table of pitch figures, ``{system: pitch_agreement means}``."""
+    lines = [
+        "| pitch against harvest on the reference | F0 error median (cents) | F0 error p90 (cents) "
+        "| F0 RMSE (cents) | V/UV F1 | voiced recall |",
+        "|---|---|---|---|---|---|",
+    ]
+    for system, s in pitch.items():
+        cells = [f"{s[k]:.1f}" for k in PITCH_MEASURES[:3]] + [f"{s[k]:.3f}" for k in PITCH_MEASURES[3:]]
+        lines.append(f"| {PITCH_SYSTEMS.get(system, system)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -227,6 +384,10 @@ def run(args: argparse.Namespace) -> None:
         clips = clips[: args.limit]
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise ValueError(f"{args.json}: cannot write, its folder does not exist")
+    pitch = not args.no_pitch
+    if pitch and (reason := pitch_available()):
+        log.warning("pitch measures skipped: %s", reason)
+        pitch = False
     voc = load_vocoder(args.checkpoint, args.device)
     if args.mel_correction is not None and args.mel_correction < 0:
         raise ValueError(f"--mel-correction must be an integer >= 0 (0: off), got {args.mel_correction}")
@@ -238,6 +399,7 @@ def run(args: argparse.Namespace) -> None:
         griffin=not args.no_griffin_lim,
         postfilter=args.postfilter,
         mel_correction=args.mel_correction,
+        pitch=pitch,
     )
     result["checkpoint"] = str(args.checkpoint or "bundled")
     result["sigma"] = voc.sigma if args.sigma is None else args.sigma
