@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Naturalness study (issue 19): one folder of wavs per system, scored with and without a reference.
+
+Systems, by copy synthesis of each clip (audio -> mel -> system -> audio):
+
+- ``recordings``: the clips themselves;
+- ``griffin_lim``: Griffin-Lim, 60 iterations (``waveflow evaluate``'s floor);
+- ``waveflow``: the vocoder (default: the bundled model) with its defaults;
+- ``flow_only``: the same, post-filter 0 and mel correction 0;
+- ``pulse_mel``: no network: a pulse train plus noise with the mel's F0 and voicing
+  (``MelPitch``), through the model's LP filter, post-filter and mel correction
+  (``waveflow.pulsetrain``);
+- ``pulse_harvest``: the same with the recording's F0 and voicing (harvest on the recording).
+
+Measures: DistillMOS and DNSMOS P.835 OVRL/SIG/BAK (no reference; ``../shared/tools/mos.py``,
+run with ``--mos-python`` in a subprocess, skipped with a note when it cannot run), PESQ-wb
+and STOI against the recording (as ``waveflow evaluate``), F0 error in cents and V/UV F1
+against harvest on the recording (``waveflow.evaluate.pitch_agreement``), and the same pitch
+figures for the mel-derived track alone. Means over clips.
+
+    python scripts/naturalness_study.py --out exp/naturalness            # the two held-out clips
+    python scripts/naturalness_study.py --out exp/nat32 --no-mos --clips ../shared/data/LJSpeech-1.1-mini/wavs/*.wav
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from waveflow.audio import load_wav, save_wav
+from waveflow.evaluate import (
+    PITCH_SYSTEMS,
+    clip_pitch,
+    griffin_lim,
+    harvest_f0,
+    pitch_available,
+    quality,
+)
+from waveflow.pulsetrain import mel_tracks, pulse_noise_vocoder
+from waveflow.vocoder import load_vocoder
+
+REPO = Path(__file__).resolve().parents[1]
+WAVS = REPO.parent / "shared" / "data" / "LJSpeech-1.1-mini" / "wavs"
+HELD_OUT = [WAVS / "LJ001-0031.wav", WAVS / "LJ001-0032.wav"]  # the bundled model never trained on these
+MOS_SCRIPT = REPO.parent / "shared" / "tools" / "mos.py"
+MOS_COLUMNS = ("distillmos", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak")
+SYSTEMS = {
+    "recordings": "the recordings",
+    "griffin_lim": "Griffin-Lim, 60 iterations",
+    "waveflow": "waveflow, {model}, defaults",
+    "flow_only": "the same, flow only (post-filter 0, mel correction 0)",
+    "pulse_mel": "pulse train + noise, mel F0 and voicing (LP, post-filter, correction)",
+    "pulse_harvest": "pulse train + noise, the recording's F0 and voicing (harvest)",
+}
+
+
+def synthesize_all(voc, audio: np.ndarray, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The clip's mel and every system's audio for it (each as long as ``audio``)."""
+    cfg = voc.config.mel
+    mel = voc.mel(audio)
+    f0, voicing = mel_tracks(mel, cfg)
+    ref_f0 = harvest_f0(audio, cfg.sample_rate, cfg.hop_length, mel.shape[1], cfg.hop_length // 2 - cfg.frame_offset)
+    out = {
+        "recordings": audio,
+        "griffin_lim": griffin_lim(mel, cfg, len(audio)),
+        "waveflow": voc(mel, seed=seed),
+        "flow_only": voc(mel, seed=seed, postfilter=0.0, mel_correction=0),
+        "pulse_mel": pulse_noise_vocoder(voc, mel, f0, voicing, seed=seed),
+        "pulse_harvest": pulse_noise_vocoder(voc, mel, ref_f0, (ref_f0 > 0).astype(np.float64), seed=seed),
+    }
+    return mel, {name: x[: len(audio)] for name, x in out.items()}
+
+
+def run_mos(python: str, script: Path, folders: list[Path]) -> tuple[dict[str, dict[str, float]], str | None]:
+    """mos.py's scores per folder ({folder name: {column: mean}}) and None, or {} and why not."""
+    if not script.is_file():
+        return {}, f"{script} not found"
+    try:
+        done = subprocess.run(
+            [python, str(script), *map(str, folders)], capture_output=True, text=True, timeout=6 * 3600
+        )
+    except OSError as exc:
+        return {}, f"{python} cannot run ({exc.strerror})"
+    lines = done.stdout.splitlines()
+    header = next((i for i, line in enumerate(lines) if line.split()[:2] == ["wavs", "DistillMOS"]), None)
+    if done.returncode or header is None:
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {}, f"{Path(script).name} failed (exit {done.returncode}): {why}"
+    rows = [line.rsplit(None, 5) for line in lines[header + 1 :] if line.strip()]
+    if len(rows) != len(folders):
+        return {}, f"{Path(script).name} printed {len(rows)} rows for {len(folders)} folders"
+    # one row per argument, in order (the name column holds only the last 32 characters)
+    try:
+        scores = [dict(zip(MOS_COLUMNS, map(float, row[1:5]), strict=True)) for row in rows]
+    except ValueError:
+        return {}, f"{Path(script).name} printed rows that are not 'name DistillMOS OVRL SIG BAK n'"
+    return {f.name: row for f, row in zip(folders, scores, strict=True)}, None
+
+
+def mean_of(rows: list[dict], key: str) -> float:
+    values = [r[key] for r in rows if np.isfinite(r.get(key, np.nan))]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def format_table(summary: dict[str, dict[str, float]], names: dict[str, str]) -> str:
+    columns = [
+        ("DistillMOS", "distillmos", 2),
+        ("DNSMOS OVRL", "dnsmos_ovrl", 2),
+        ("SIG", "dnsmos_sig", 2),
+        ("BAK", "dnsmos_bak", 2),
+        ("PESQ-wb", "pesq_wb", 2),
+        ("STOI", "stoi", 3),
+        ("F0 err. median (cents)", "f0_median_cents", 1),
+        ("F0 err. p90 (cents)", "f0_p90_cents", 1),
+        ("V/UV F1", "vuv_f1", 3),
+        ("voiced recall", "voiced_recall", 3),
+    ]
+    lines = ["| system | " + " | ".join(c[0] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for system, s in summary.items():
+        cells = [f"{s[key]:.{digits}f}" if np.isfinite(s.get(key, np.nan)) else "-" for _, key, digits in columns]
+        lines.append(f"| {names[system]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clips", nargs="+", type=Path, default=None, help="wavs (default: the two held-out clips)")
+    p.add_argument("--out", type=Path, required=True, help="output folder: one folder of wavs per system")
+    p.add_argument("--checkpoint", default=None, help="default: the bundled model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mos-python", default=sys.executable, help="the python that runs mos.py (default: this one)")
+    p.add_argument("--mos-script", type=Path, default=MOS_SCRIPT, help=f"default: {MOS_SCRIPT}")
+    p.add_argument("--no-mos", action="store_true", help="skip the MOS predictors")
+    p.add_argument("--json", type=Path, default=None, help="also write the per-clip figures and means here")
+    args = p.parse_args(argv)
+    try:
+        return study(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"naturalness_study: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def study(args: argparse.Namespace) -> int:
+    if reason := pitch_available():
+        raise ValueError(reason)
+    clips = args.clips or HELD_OUT
+    missing = [str(c) for c in clips if not c.is_file()]
+    if missing:
+        raise ValueError(f"no such wav: {', '.join(missing)}")
+    if len({c.stem for c in clips}) != len(clips):
+        raise ValueError("two clips share a file name; each system's folder holds one wav per name")
+    torch.set_num_threads(2)
+    voc = load_vocoder(args.checkpoint)
+    folders = {name: args.out / name for name in SYSTEMS}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    per_clip: dict[str, list[dict]] = {name: [] for name in [*SYSTEMS, "mel_track"]}
+    seconds = 0.0
+    for path in clips:
+        audio = load_wav(path, voc.sample_rate)
+        seconds += len(audio) / voc.sample_rate
+        mel, outputs = synthesize_all(voc, audio, args.seed)
+        scored = {k: v for k, v in outputs.items() if k != "recordings"}
+        pitch = clip_pitch(audio, mel, voc.config.mel, scored)
+        for name, x in outputs.items():
+            save_wav(folders[name] / f"{path.stem}.wav", x, voc.sample_rate)
+            row = {"clip": path.stem}
+            if name != "recordings":
+                row |= quality(audio, x, voc.sample_rate, voc.mel) | pitch[name]
+            per_clip[name].append(row)
+        per_clip["mel_track"].append({"clip": path.stem, **pitch["mel_track"]})
+        print(f"{path.name}: done", flush=True, file=sys.stderr)
+
+    keys = ["mel_l1", "pesq_wb", "stoi", "f0_median_cents", "f0_p90_cents", "f0_rmse_cents", "vuv_f1", "voiced_recall"]
+    summary = {name: {k: mean_of(rows, k) for k in keys} for name, rows in per_clip.items()}
+    note = "MOS skipped (--no-mos)"
+    if not args.no_mos:
+        mos, why = run_mos(args.mos_python, args.mos_script, list(folders.values()))
+        note = f"MOS skipped: {why}" if why else None
+        for name, scores in mos.items():
+            summary[name] |= scores
+    model = "bundled model" if args.checkpoint is None else Path(args.checkpoint).name
+    names = {**SYSTEMS, "waveflow": SYSTEMS["waveflow"].format(model=model), "mel_track": PITCH_SYSTEMS["mel_track"]}
+    print(f"{len(clips)} clips, {seconds:.1f} s; wavs in {args.out}/<system>/; means over clips")
+    print(format_table(summary, names))
+    if note:
+        print(note)
+    if args.json:
+        args.json.write_text(json.dumps({"clips": [c.stem for c in clips], "summary": summary, "per_clip": per_clip}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
