@@ -34,6 +34,14 @@ def test_f0_of_a_harmonic_signal(f0):
     assert float(feats[1].min()) > 0.4
 
 
+@pytest.mark.parametrize("period", [100, 147, 200])
+def test_a_whole_period_is_found_exactly(period):
+    """A harmonic voice whose period is a whole number of samples: that number, in every frame."""
+    feats = MelPitch()(MelSpectrogram()(harmonic(22050 / period, 0.5))[None])
+    found, _ = period_voicing(feats, 22050)
+    assert (found[0, 3:-3].round() == period).all(), found[0, 3:-3]
+
+
 def test_noise_is_less_periodic_than_a_voice():
     noise = torch.randn(22050, generator=torch.Generator().manual_seed(0)) * 0.05
     voiced = MelPitch()(MelSpectrogram()(harmonic(180.0))[None])[0, 1, 5:-5]

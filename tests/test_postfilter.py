@@ -74,6 +74,19 @@ def test_the_filter_matches_a_direct_sum_sample_by_sample():
     np.testing.assert_allclose(y[0].double().numpy(), expected, atol=2e-6)
 
 
+def test_the_margin_is_the_filters_exact_reach():
+    """An output sample depends on input up to ``margin`` samples away (the longest period plus the
+    FIR's half-length) and no further: what a stream must hold back, exactly."""
+    pf, n = HarmonicPostfilter(), 2000
+    period, voicing = constant_tracks(PERIODS[1], 4000)
+    x = torch.zeros(1, 4000)
+    for side in (1, -1):
+        for distance, reaches in ((pf.margin, True), (pf.margin + 1, False)):
+            y = x.clone()
+            y[0, n + side * distance] = 1.0
+            assert bool(pf.apply(y, period, voicing, 1.0)[0, n] != 0) == reaches, (side, distance)
+
+
 def test_identity_where_it_must_not_act():
     pf = HarmonicPostfilter()
     x = torch.randn(1, 5000, generator=torch.Generator().manual_seed(1))

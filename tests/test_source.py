@@ -80,6 +80,23 @@ def test_free_phase_runs_at_the_mel_period_and_resumes_from_a_carried_phase():
     torch.testing.assert_close(torch.cos(rest), torch.cos(phase[:, 7 * 256 :]), atol=1e-9, rtol=0)
 
 
+def test_free_phase_is_the_carried_phase_plus_the_steps_before_each_sample():
+    """phi(n) = phase0 + sum_{m < n} 2 pi / P(m // hop), written out sample by sample: sample 0
+    is at phase0 itself (a window starts where the last one left off, not one step later)."""
+    source = PulseSource()
+    mel = MelSpectrogram()(torch.cat([harmonic(140.0, 0.1), harmonic(190.0, 0.1)]))[None, :, :12]
+    period = source.frame_tracks(mel)[0][0].numpy()
+    length = 12 * 256
+    for phase0 in (0.0, 1.0):
+        phase = source.free_phase(mel, length, phase0)[0].numpy()
+        expected, acc = np.empty(length), phase0
+        for n in range(length):
+            expected[n] = acc % (2 * np.pi)
+            acc += 2 * np.pi / period[n // 256]
+        assert phase[0] == pytest.approx(phase0, abs=1e-12)
+        np.testing.assert_allclose(np.cos(phase), np.cos(expected), atol=1e-9)
+
+
 def test_channels_are_silent_where_unvoiced_and_peak_at_the_pulses():
     source = PulseSource()
     silence = torch.full((1, 80, 10), math.log(1e-5))
