@@ -216,7 +216,7 @@ MUTANTS: list[Mutant] = [
     m("segment_offsets_seeded_by_step", "data.py",
       "rng = np.random.default_rng([self.seed, position])",
       "rng = np.random.default_rng([self.seed, step])",
-      "tests/test_data.py", "-k", "ranks"),
+      "tests/test_data.py", "-k", "ranks or own_segment"),
     # ------------------------------------------------------------------ checkpoints and atomic writes
     m("no_fsync_before_rename", "atomic.py",
       "            os.fsync(handle.fileno())\n",

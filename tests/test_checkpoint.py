@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from waveflow.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from waveflow.checkpoint import VERSION, CheckpointError, load_model, read_checkpoint, save_checkpoint
 from waveflow.config import make_config
 
 
@@ -100,3 +100,17 @@ def test_failed_save_leaves_nothing_and_keeps_the_old_file(tmp_path, monkeypatch
         save_checkpoint(path, model, cfg)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_a_newer_format_version_is_refused_and_the_current_one_reads(tmp_path):
+    path, _, _ = _saved(tmp_path)
+    data = read_checkpoint(path)
+    assert data["version"] == VERSION
+    for version, refused in ((VERSION + 1, True), ("1", True), (VERSION, False)):
+        torch.save({**data, "version": version}, path)
+        if refused:
+            message = f"format version {version!r}; this waveflow reads up to {VERSION}"
+            with pytest.raises(CheckpointError, match=message):
+                read_checkpoint(path)
+        else:
+            assert read_checkpoint(path)["step"] == 7

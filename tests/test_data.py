@@ -175,3 +175,24 @@ def test_every_epoch_is_a_new_shuffle_of_every_clip(tmp_path):
     # and the same seed gives the same epochs (a resumed run sees the same batches)
     again = SegmentBatches(clips, 1024, 3, seed=5)
     assert [i for step in (13, 14) for i in again.clip_indices(step)] == epochs[3][3:9]
+
+
+def test_each_row_and_each_visit_of_a_clip_draws_its_own_segment(tmp_path):
+    """Segment offsets come from (seed, position in the clip stream): the rows of one batch, and
+    one clip's visits in different epochs, start at different places."""
+    clips = []
+    for i in range(4):
+        path = tmp_path / f"ramp{i}.wav"
+        sf.write(path, np.arange(30000, dtype=np.float32) / 2**15, RATE, subtype="FLOAT")  # sample k holds k
+        clips.append(Clip(f"r{i}", str(path), 30000))
+    batches = SegmentBatches(clips, 1024, 4, seed=2)  # one epoch per step
+
+    def offsets(step: int) -> dict[int, int]:
+        rows = batches[step].numpy()
+        return {c: round(float(row[0]) * 2**15) for c, row in zip(batches.clip_indices(step), rows, strict=True)}
+
+    first, second = offsets(0), offsets(1)
+    assert len(set(first.values())) == 4, first  # four rows, four offsets
+    assert all(first[c] != second[c] for c in first), (first, second)  # a clip's next visit elsewhere
+    row = batches[0][0].numpy() * 2**15
+    np.testing.assert_array_equal(row, row[0] + np.arange(1024))  # a contiguous segment

@@ -174,6 +174,8 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path, prepared, mon
     assert code == 1
     # the CLI logs to stderr (and stops propagation, so caplog would see it only by the order of tests)
     assert "waveflow: step 2: non-finite loss or gradient, step skipped (1 in a row)" in err
+    # good steps in between reset the count: the next bad step is the first in a row again
+    assert "waveflow: step 4: non-finite loss or gradient, step skipped (1 in a row)" in err
     assert "stopped at step 4: 3 non-finite steps in a row" in err and "step_0000004.pt" in err
     assert "Traceback" not in err
     # the good steps before it were saved and the bad ones wrote nothing
