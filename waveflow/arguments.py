@@ -33,6 +33,29 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_finetune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="a folder of wavs (any rate, mono or stereo; no transcripts needed)")
+    p.add_argument("--out", required=True, help="run folder: data/, train/ (checkpoints, logs), model/ (the result)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="MODEL",
+        help="the model to start from: a checkpoint, a pretrained folder or a model name (default: the bundled "
+        "model); its config, inference sigma and post-processing are kept",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out with its own config")
+    p.add_argument("--device", choices=DEVICES, help="default: cuda when available")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a training value, e.g. --set train.max_steps=4000 (repeatable)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def add_postfilter(parser: argparse.ArgumentParser) -> None:
     """``--postfilter`` and ``--mel-correction``, shared by synthesize and evaluate."""
     parser.add_argument(

@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "presets", "list the model presets with their parameter counts")
     p.set_defaults(func=_cmd_presets)
 
+    p = command(sub, "pretrained", "list the models known by name and those in the cache")
+    p.set_defaults(func=_run("registry"))
+
     p = command(sub, "prepare", "check an LJSpeech-style corpus and write train/dev/test filelists")
     p.add_argument("--data", required=True, help="corpus folder holding metadata.csv and wavs/")
     p.add_argument("--out", required=True, help="folder for the filelists (created)")
@@ -214,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
             "train by exact maximum likelihood (torchrun for several processes)",
             arguments.add_train,
             "train",
+            "run",
+        ),
+        (
+            "finetune",
+            "fine-tune the bundled model (or --from MODEL) on a folder of wavs; writes a pretrained folder",
+            arguments.add_finetune,
+            "finetune",
             "run",
         ),
         ("synthesize", "mel (.npy/.pt) or folder of mels -> wav(s)", arguments.add_synthesize, "synthesize", "run"),

@@ -67,10 +67,80 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def find_recipe(name: str) -> Path:
+    """``--config``: a YAML file, or the name of a shipped recipe config (``realtime_lpc_source``,
+    ``ljspeech/conf/mini.yaml``), found in the installed package or the source tree's ``recipes/``."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    package = Path(__file__).resolve().parent
+    stem = path.name.removesuffix(".yaml")
+    for root in (package / "recipes", package.parent / "recipes"):
+        if (root / path).is_file():
+            return root / path
+        found = sorted(root.glob(f"*/conf/{stem}.yaml"))
+        if found:
+            return found[0]
+    raise ConfigError(f"--config {name}: no such file, nor a recipe config of that name (e.g. realtime_lpc_source)")
+
+
 def build_config(config_path: str | None, overrides: list[str]) -> Config:
-    base = load_config(config_path) if config_path else make_config("small")
+    base = load_config(find_recipe(config_path)) if config_path else make_config("small")
     data = base.to_dict()
     for section, values in parse_overrides(overrides).items():
+        data[section] = {**data[section], **values}
+    return config_from_dict(data)
+
+
+INFERENCE_KEYS = ("eval_sigma", "eval_postfilter", "eval_mel_correction")  # how a checkpoint is played
+
+
+def resolve_run_config(args: argparse.Namespace) -> Config:
+    """The config a ``waveflow train`` call runs with.
+
+    - ``--resume``: the run's own ``config.yaml`` (which holds every earlier ``--set``), with this
+      call's ``--set`` on top; a ``--config`` given too must describe the same model.
+    - ``--init-from CKPT`` without ``--config``: the checkpoint's own config, with ``--set`` on top.
+    - ``--init-from CKPT`` with ``--config``: the recipe, but the checkpoint's inference settings
+      (sigma, post-filter, mel correction) unless ``--set`` names them: a recipe's defaults must
+      not silently change how the model is played (a line says so when they differ).
+    - otherwise the recipe (default: the ``small`` preset) with ``--set``.
+    """
+    overrides = parse_overrides(args.overrides)
+    saved = Path(args.out) / "config.yaml"
+    if args.resume and saved.is_file():
+        cfg = load_config(saved)
+        if args.config:
+            given = build_config(args.config, args.overrides)
+            if architecture(given) != architecture(cfg):
+                raise TrainError(
+                    f"--resume: {args.out} holds a run of another config "
+                    f"({describe_difference(architecture(given), architecture(cfg))})"
+                )
+        return _with_overrides(cfg, overrides)
+    if not args.init_from:
+        return build_config(args.config, args.overrides)
+    path = Path(args.init_from)
+    if not path.is_file():
+        raise TrainError(f"--init-from {path}: no such checkpoint file")
+    start = checkpoint_config(read_checkpoint(path), path)
+    if not args.config:
+        return _with_overrides(start, overrides)
+    cfg = build_config(args.config, args.overrides)
+    kept = {}
+    for key in INFERENCE_KEYS:
+        ours, theirs = getattr(start.train, key), getattr(cfg.train, key)
+        if key not in overrides.get("train", {}) and ours != theirs:
+            kept[key] = ours
+            log.info(
+                f"train.{key} {ours} from {path} (the config says {theirs}; --set train.{key}={theirs} to use it)"
+            )
+    return _with_overrides(cfg, {"train": kept}) if kept else cfg
+
+
+def _with_overrides(cfg: Config, overrides: dict[str, dict[str, Any]]) -> Config:
+    data = cfg.to_dict()
+    for section, values in overrides.items():
         data[section] = {**data[section], **values}
     return config_from_dict(data)
 
@@ -465,6 +535,7 @@ class Trainer:
         loader = batch_loader(dataset, self.step, cfg.train.num_workers)
         samples_per_step = cfg.train.batch_size * cfg.train.segment_length * ctx.world_size
         busy = 0.0  # seconds spent in training steps since the last log line
+        heartbeat = Heartbeat(self.step, cfg.train.max_steps, enabled=ctx.main and bar.disable)
         for audio in loader:
             if self.step >= cfg.train.max_steps:
                 break
@@ -488,6 +559,7 @@ class Trainer:
             self.bad_in_a_row = 0
             self.step += 1
             bar.update(1)
+            heartbeat.step(self.step, stats)
             if ctx.main and self.step % cfg.train.log_every == 0:
                 stats["samples_per_s"] = samples_per_step * cfg.train.log_every / busy
                 busy = 0.0
@@ -507,6 +579,31 @@ class Trainer:
                 break
         bar.close()
         return self.step
+
+
+class Heartbeat:
+    """Off a terminal the progress bar is off, and evaluations can be half an hour apart: log a
+    line (step, NLL, speed) at least every ``LOG_INTERVAL_S`` seconds, so a log file or a CI
+    console shows that the run is alive and how fast it goes."""
+
+    def __init__(self, step: int, max_steps: int, enabled: bool) -> None:
+        self.enabled, self.max_steps = enabled, max_steps
+        self.last_time, self.last_step = time.monotonic(), step
+
+    def step(self, step: int, stats: dict[str, float]) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last_time < LOG_INTERVAL_S:
+            return
+        rate = (step - self.last_step) / (now - self.last_time)
+        left = (self.max_steps - step) / rate if rate > 0 else math.inf
+        log.info(
+            f"step {step}/{self.max_steps}: train NLL {stats['nll_nats']:.4f} nats/sample, "
+            f"{rate:.2f} steps/s, about {left / 60:.0f} min left"
+        )
+        self.last_time, self.last_step = now, step
+
+
+LOG_INTERVAL_S = 60.0
 
 
 # ------------------------------------------------------------------ CLI
@@ -542,7 +639,6 @@ def run(args: argparse.Namespace) -> None:
         import tensorboard  # noqa: F401  (SummaryWriter needs it; checked before the run folder is touched)
     except ImportError:
         raise TrainError("waveflow train writes TensorBoard logs: pip install 'waveflow[train]'") from None
-    cfg = build_config(args.config, args.overrides)
     out = Path(args.out)
     init_from = Path(args.init_from) if args.init_from else None
     if init_from is not None:
@@ -550,6 +646,7 @@ def run(args: argparse.Namespace) -> None:
             raise TrainError("--init-from starts a new run; --resume continues one: pass one of them")
         if not init_from.is_file():
             raise TrainError(f"--init-from {init_from}: no such checkpoint file")
+    cfg = resolve_run_config(args)
     ctx = Dist(args.device)
     try:
         # everything is checked (data, device, precision) before the run folder is touched

@@ -198,13 +198,21 @@ class Vocoder:
     def from_pretrained(
         cls, path_or_repo_id: str | Path, device: str | torch.device = "cpu", half: bool = False, **kwargs
     ) -> Vocoder:
-        """Load a pretrained folder (``config.yaml`` + ``model.safetensors``, written by
-        ``waveflow export --format pretrained``) or, with ``huggingface_hub`` installed, a hub
-        repo id (``owner/name``) holding one."""
+        """Load a model by name (``"ljspeech-mini"``: the bundled model; ``"nvidia-waveglow-ljspeech"``:
+        NVIDIA's published WaveGlow, downloaded and converted into the cache on first use; see
+        ``waveflow.registry``), a pretrained folder (``config.yaml`` + ``model.safetensors``,
+        written by ``waveflow export --format pretrained`` or ``waveflow finetune``) or, with
+        ``huggingface_hub`` installed, a hub repo id (``owner/name``) holding one."""
+        from waveflow import registry
         from waveflow.pretrained import load_pretrained
 
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device cuda requested but CUDA is not available")
+        name = str(path_or_repo_id)
+        if name == registry.BUNDLED and not Path(name).exists():
+            return cls.default(device=device, half=half, **kwargs)
+        if registry.is_name(name) and not Path(name).exists():
+            path_or_repo_id = registry.fetch(name, progress=kwargs.pop("progress", True))
         model, cfg, card = load_pretrained(path_or_repo_id)
         kwargs.setdefault("denoise_mode", _denoise_mode_for(card))
         return cls(model, cfg, device=device, half=half, **kwargs)
@@ -514,12 +522,17 @@ def _denoise_mode_for(info: dict) -> str:
 
 
 def load_vocoder(checkpoint: str | Path | None, device: str = "cpu", half: bool = False) -> Vocoder:
-    """The CLI's loader: a checkpoint, or the bundled model when None; one-line errors for a
-    device that is not there."""
+    """The CLI's loader: a checkpoint file, a pretrained folder or a model name (``waveflow
+    pretrained`` lists them), or the bundled model when None; one-line errors for a device that
+    is not there."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available on this machine")
     if half and device != "cuda":
         raise ValueError("--half needs --device cuda")
     if checkpoint:
+        from waveflow.registry import is_name
+
+        if Path(checkpoint).is_dir() or (is_name(str(checkpoint)) and not Path(checkpoint).exists()):
+            return Vocoder.from_pretrained(checkpoint, device=device, half=half)
         return Vocoder.from_checkpoint(checkpoint, device=device, half=half)
     return Vocoder.default(device=device, half=half)
