@@ -83,6 +83,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
     extras = [f"linear prediction order {m.lpc_order}" if m.lpc_order else "no linear prediction"]
     extras.append("pitch features" if m.pitch_features else "no pitch features")
     extras.append("a pulse source" if m.pulse_source else "no pulse source")
+    if m.pulse_source or m.pitch_features:
+        extras.append(f"pitch tracker {m.pitch_tracker}")
     print("layers: " + ", ".join(extras))
     print(
         f"mel: {mel.n_mels} bands, {mel.sample_rate} Hz, n_fft {mel.n_fft}, hop {mel.hop_length}, "

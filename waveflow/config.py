@@ -98,6 +98,10 @@ class ModelConfig:
     # sample rate: in training from pulses picked in the LP residual, at synthesis free-running
     # at the mel's period. Needs lpc_order > 0.
     pulse_source: bool = False
+    # How pitch and voicing are read from the mel (waveflow.pitch) for the pulse source, the
+    # pitch features and the post-filter: "comb" (checkpoints that name none) or "template"
+    # (voices about 90% of the frames an independent tracker calls voiced, where comb voices 55%).
+    pitch_tracker: str = "comb"
 
     def validate(self) -> None:
         for name in ("n_mels", "n_flows", "n_group", "n_layers", "n_channels", "hop_length"):
@@ -110,6 +114,10 @@ class ModelConfig:
             f"model.lpc_order must be in 0..{self.hop_length - 1} (0 disables linear prediction)",
         )
         _check(self.cond_rate in ("sample", "group"), "model.cond_rate must be 'sample' or 'group'")
+        _check(
+            self.pitch_tracker in ("comb", "template"),
+            f"model.pitch_tracker must be 'comb' or 'template', got {self.pitch_tracker!r}",
+        )
         _check(
             not self.pulse_source or self.lpc_order > 0,
             "model.pulse_source picks its pulses in the LP residual: it needs model.lpc_order > 0",

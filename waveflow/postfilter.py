@@ -87,19 +87,29 @@ class HarmonicPostfilter(nn.Module):
         f_max: float = 8000.0,
         frame_offset: int = 128,
         cutoff_hz: float = CUTOFF_HZ,
+        tracker: str = "comb",
     ) -> None:
         super().__init__()
         if not 0 < cutoff_hz < sample_rate / 2:
             raise ValueError(f"post-filter cut-off {cutoff_hz} Hz must be in (0, {sample_rate / 2}) Hz")
-        self.pitch = MelPitch(n_mels, sample_rate, n_fft, f_min, f_max)
+        self.pitch = MelPitch(n_mels, sample_rate, n_fft, f_min, f_max, tracker)
         self.sample_rate, self.hop_length, self.frame_offset = sample_rate, hop_length, frame_offset
         self._taps = lowpass_taps(cutoff_hz, sample_rate).float()
         self.margin = PERIODS[1] + FIR_HALF  # samples either side that an output sample depends on
 
     @classmethod
-    def for_mel(cls, mel: MelConfig) -> HarmonicPostfilter:
-        """The post-filter for a mel convention."""
-        return cls(mel.n_mels, mel.sample_rate, mel.n_fft, mel.hop_length, mel.f_min, mel.f_max, mel.frame_offset)
+    def for_mel(cls, mel: MelConfig, tracker: str = "comb") -> HarmonicPostfilter:
+        """The post-filter for a mel convention, reading the pitch with ``tracker`` (the model's)."""
+        return cls(
+            mel.n_mels,
+            mel.sample_rate,
+            mel.n_fft,
+            mel.hop_length,
+            mel.f_min,
+            mel.f_max,
+            mel.frame_offset,
+            tracker=tracker,
+        )
 
     def frame_tracks(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Period in whole samples (long) and voicing (float32) per frame, ``(B, F)`` each."""

@@ -56,9 +56,10 @@ class PulseSource(nn.Module):
         f_min: float = 0.0,
         f_max: float = 8000.0,
         frame_offset: int = 128,
+        tracker: str = "comb",
     ) -> None:
         super().__init__()
-        self.pitch = MelPitch(n_mels, sample_rate, n_fft, f_min, f_max)
+        self.pitch = MelPitch(n_mels, sample_rate, n_fft, f_min, f_max, tracker)
         self.sample_rate = sample_rate
         self.hop_length = hop_length
         self.frame_offset = frame_offset

@@ -433,7 +433,8 @@ class Trainer:
                 gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed + i)
                 synth = model.infer(mel, sigma=cfg.train.eval_sigma, generator=gen)
                 if cfg.train.eval_postfilter:  # as the checkpoint will be heard (Vocoder's default)
-                    synth = HarmonicPostfilter.for_mel(cfg.mel).to(self.device)(synth, mel, cfg.train.eval_postfilter)
+                    postfilter = HarmonicPostfilter.for_mel(cfg.mel, cfg.model.pitch_tracker).to(self.device)
+                    synth = postfilter(synth, mel, cfg.train.eval_postfilter)
                 if cfg.train.eval_mel_correction:
                     synth = MelCorrection.for_mel(cfg.mel)(synth, mel, cfg.train.eval_mel_correction)
                 synth = synth.clamp(-1, 1)

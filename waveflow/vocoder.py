@@ -370,7 +370,7 @@ class Vocoder:
     def postfilter(self) -> HarmonicPostfilter:
         """The ``HarmonicPostfilter`` for this model's mel convention (built on first use)."""
         if self._postfilter is None:
-            self._postfilter = HarmonicPostfilter.for_mel(self.config.mel)
+            self._postfilter = HarmonicPostfilter.for_mel(self.config.mel, self.config.model.pitch_tracker)
         return self._postfilter
 
     @property
