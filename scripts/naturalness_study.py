@@ -19,7 +19,8 @@ against harvest on the recording (``waveflow.evaluate.pitch_agreement``), and th
 figures for the mel-derived track alone. Means over clips.
 
     python scripts/naturalness_study.py --out exp/naturalness            # the two held-out clips
-    python scripts/naturalness_study.py --out exp/nat32 --no-mos --clips ../shared/data/LJSpeech-1.1-mini/wavs/*.wav
+    python scripts/naturalness_study.py --out exp/nat32 --systems recordings --no-mos \
+        --clips ../shared/data/LJSpeech-1.1-mini/wavs/*.wav      # the mel track's pitch figures, 32 clips
 """
 
 from __future__ import annotations
@@ -60,21 +61,24 @@ SYSTEMS = {
 }
 
 
-def synthesize_all(voc, audio: np.ndarray, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The clip's mel and every system's audio for it (each as long as ``audio``)."""
+def synthesize(voc, audio: np.ndarray, mel: np.ndarray, system: str, seed: int) -> np.ndarray:
+    """One system's audio for a clip and its mel, as long as ``audio``."""
     cfg = voc.config.mel
-    mel = voc.mel(audio)
-    f0, voicing = mel_tracks(mel, cfg)
-    ref_f0 = harvest_f0(audio, cfg.sample_rate, cfg.hop_length, mel.shape[1], cfg.hop_length // 2 - cfg.frame_offset)
-    out = {
-        "recordings": audio,
-        "griffin_lim": griffin_lim(mel, cfg, len(audio)),
-        "waveflow": voc(mel, seed=seed),
-        "flow_only": voc(mel, seed=seed, postfilter=0.0, mel_correction=0),
-        "pulse_mel": pulse_noise_vocoder(voc, mel, f0, voicing, seed=seed),
-        "pulse_harvest": pulse_noise_vocoder(voc, mel, ref_f0, (ref_f0 > 0).astype(np.float64), seed=seed),
-    }
-    return mel, {name: x[: len(audio)] for name, x in out.items()}
+    if system == "recordings":
+        return audio
+    if system == "griffin_lim":
+        return griffin_lim(mel, cfg, len(audio))
+    if system == "waveflow":
+        out = voc(mel, seed=seed)
+    elif system == "flow_only":
+        out = voc(mel, seed=seed, postfilter=0.0, mel_correction=0)
+    elif system == "pulse_mel":
+        out = pulse_noise_vocoder(voc, mel, *mel_tracks(mel, cfg), seed=seed)
+    else:
+        start = cfg.hop_length // 2 - cfg.frame_offset  # where frame 0 is centred
+        f0 = harvest_f0(audio, cfg.sample_rate, cfg.hop_length, mel.shape[1], start)
+        out = pulse_noise_vocoder(voc, mel, f0, (f0 > 0).astype(np.float64), seed=seed)
+    return out[: len(audio)]
 
 
 def run_mos(python: str, script: Path, folders: list[Path]) -> tuple[dict[str, dict[str, float]], str | None]:
@@ -133,6 +137,11 @@ def main(argv=None) -> int:
     p.add_argument("--clips", nargs="+", type=Path, default=None, help="wavs (default: the two held-out clips)")
     p.add_argument("--out", type=Path, required=True, help="output folder: one folder of wavs per system")
     p.add_argument("--checkpoint", default=None, help="default: the bundled model")
+    p.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help="comma-separated subset (default: all; the mel track's pitch figures are always computed)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mos-python", default=sys.executable, help="the python that runs mos.py (default: this one)")
     p.add_argument("--mos-script", type=Path, default=MOS_SCRIPT, help=f"default: {MOS_SCRIPT}")
@@ -155,17 +164,21 @@ def study(args: argparse.Namespace) -> int:
         raise ValueError(f"no such wav: {', '.join(missing)}")
     if len({c.stem for c in clips}) != len(clips):
         raise ValueError("two clips share a file name; each system's folder holds one wav per name")
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if unknown := sorted(set(systems) - set(SYSTEMS)):
+        raise ValueError(f"--systems: unknown {', '.join(unknown)}; expected a subset of {', '.join(SYSTEMS)}")
     torch.set_num_threads(2)
     voc = load_vocoder(args.checkpoint)
-    folders = {name: args.out / name for name in SYSTEMS}
+    folders = {name: args.out / name for name in SYSTEMS if name in systems}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
-    per_clip: dict[str, list[dict]] = {name: [] for name in [*SYSTEMS, "mel_track"]}
+    per_clip: dict[str, list[dict]] = {name: [] for name in [*folders, "mel_track"]}
     seconds = 0.0
     for path in clips:
         audio = load_wav(path, voc.sample_rate)
         seconds += len(audio) / voc.sample_rate
-        mel, outputs = synthesize_all(voc, audio, args.seed)
+        mel = voc.mel(audio)
+        outputs = {name: synthesize(voc, audio, mel, name, args.seed) for name in folders}
         scored = {k: v for k, v in outputs.items() if k != "recordings"}
         pitch = clip_pitch(audio, mel, voc.config.mel, scored)
         for name, x in outputs.items():
@@ -179,8 +192,8 @@ def study(args: argparse.Namespace) -> int:
 
     keys = ["mel_l1", "pesq_wb", "stoi", "f0_median_cents", "f0_p90_cents", "f0_rmse_cents", "vuv_f1", "voiced_recall"]
     summary = {name: {k: mean_of(rows, k) for k in keys} for name, rows in per_clip.items()}
-    note = "MOS skipped (--no-mos)"
-    if not args.no_mos:
+    note = "MOS skipped (--no-mos)" if args.no_mos else "MOS skipped: no system's wavs to score"
+    if not args.no_mos and folders:
         mos, why = run_mos(args.mos_python, args.mos_script, list(folders.values()))
         note = f"MOS skipped: {why}" if why else None
         for name, scores in mos.items():

@@ -81,10 +81,15 @@ def test_study_writes_one_folder_per_system_and_a_table(setup):
 
 
 def test_study_without_the_predictors_skips_the_mos_columns_with_a_note(setup):
-    done = study(setup, "--out", str(setup / "out2"), "--mos-python", str(setup / "no-such-python"), clips=["one"])
+    argv = ["--out", str(setup / "out2"), "--mos-python", str(setup / "no-such-python"), "--systems", "waveflow"]
+    done = study(setup, *argv, clips=["one"])
     assert done.returncode == 0, done.stderr
     assert "MOS skipped:" in done.stdout and "no-such-python" in done.stdout
-    waveflow_row = table_rows(done.stdout)["waveflow, tiny.pt, defaults"]
-    assert waveflow_row[:4] == ["-"] * 4 and "-" not in waveflow_row[4:]
-    bad = study(setup, "--out", str(setup / "out3"), "--clips", str(setup / "missing.wav"))
-    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "missing.wav" in bad.stderr
+    rows = table_rows(done.stdout)
+    assert set(rows) == {"system", "---", "waveflow, tiny.pt, defaults", "mel-derived track (MelPitch, voicing > 0.5)"}
+    assert rows["waveflow, tiny.pt, defaults"][:4] == ["-"] * 4 and "-" not in rows["waveflow, tiny.pt, defaults"][4:]
+    assert [p.name for p in (setup / "out2").iterdir()] == ["waveflow"]
+    bad_cases = [(["--clips", str(setup / "missing.wav")], "missing.wav"), (["--systems", "hifigan"], "hifigan")]
+    for bad_args, message in bad_cases:
+        bad = study(setup, "--out", str(setup / "out3"), *bad_args)
+        assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and message in bad.stderr, bad.stderr
