@@ -8,15 +8,15 @@ Systems, by copy synthesis of each clip (audio -> mel -> system -> audio):
 - ``waveflow``: the vocoder (default: the bundled model) with its defaults;
 - ``flow_only``: the same, post-filter 0 and mel correction 0;
 - ``pulse_mel``: no network: a pulse train plus noise with the mel's F0 and voicing
-  (``MelPitch``), through the model's LP filter, post-filter and mel correction
-  (``waveflow.pulsetrain``);
+  (``MelPitch`` with the model's tracker), through the model's LP filter, post-filter and
+  mel correction (``waveflow.pulsetrain``);
 - ``pulse_harvest``: the same with the recording's F0 and voicing (harvest on the recording).
 
 Measures: DistillMOS and DNSMOS P.835 OVRL/SIG/BAK (no reference; ``../shared/tools/mos.py``,
 run with ``--mos-python`` in a subprocess, skipped with a note when it cannot run), PESQ-wb
 and STOI against the recording (as ``waveflow evaluate``), F0 error in cents and V/UV F1
 against harvest on the recording (``waveflow.evaluate.pitch_agreement``), and the same pitch
-figures for the mel-derived track alone. Means over clips.
+figures for the mel-derived track of each tracker alone. Means over clips.
 
     python scripts/naturalness_study.py --out exp/naturalness            # the two held-out clips
     python scripts/naturalness_study.py --out exp/nat32 --systems recordings --no-mos \
@@ -43,6 +43,7 @@ from waveflow.evaluate import (
     pitch_available,
     quality,
 )
+from waveflow.pitch import TRACKERS
 from waveflow.pulsetrain import mel_tracks, pulse_noise_vocoder
 from waveflow.vocoder import load_vocoder
 
@@ -56,7 +57,7 @@ SYSTEMS = {
     "griffin_lim": "Griffin-Lim, 60 iterations",
     "waveflow": "waveflow, {model}, defaults",
     "flow_only": "the same, flow only (post-filter 0, mel correction 0)",
-    "pulse_mel": "pulse train + noise, mel F0 and voicing (LP, post-filter, correction)",
+    "pulse_mel": "pulse train + noise, mel F0 and voicing ({tracker}; LP, post-filter, correction)",
     "pulse_harvest": "pulse train + noise, the recording's F0 and voicing (harvest)",
 }
 
@@ -73,7 +74,7 @@ def synthesize(voc, audio: np.ndarray, mel: np.ndarray, system: str, seed: int) 
     elif system == "flow_only":
         out = voc(mel, seed=seed, postfilter=0.0, mel_correction=0)
     elif system == "pulse_mel":
-        out = pulse_noise_vocoder(voc, mel, *mel_tracks(mel, cfg), seed=seed)
+        out = pulse_noise_vocoder(voc, mel, *mel_tracks(mel, cfg, voc.config.model.pitch_tracker), seed=seed)
     else:
         start = cfg.hop_length // 2 - cfg.frame_offset  # where frame 0 is centred
         f0 = harvest_f0(audio, cfg.sample_rate, cfg.hop_length, mel.shape[1], start)
@@ -172,7 +173,8 @@ def study(args: argparse.Namespace) -> int:
     folders = {name: args.out / name for name in SYSTEMS if name in systems}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
-    per_clip: dict[str, list[dict]] = {name: [] for name in [*folders, "mel_track"]}
+    tracks = [f"mel_{tracker}" for tracker in TRACKERS]
+    per_clip: dict[str, list[dict]] = {name: [] for name in [*folders, *tracks]}
     seconds = 0.0
     for path in clips:
         audio = load_wav(path, voc.sample_rate)
@@ -180,14 +182,15 @@ def study(args: argparse.Namespace) -> int:
         mel = voc.mel(audio)
         outputs = {name: synthesize(voc, audio, mel, name, args.seed) for name in folders}
         scored = {k: v for k, v in outputs.items() if k != "recordings"}
-        pitch = clip_pitch(audio, mel, voc.config.mel, scored)
+        pitch = clip_pitch(audio, mel, voc.config.mel, scored, TRACKERS)
         for name, x in outputs.items():
             save_wav(folders[name] / f"{path.stem}.wav", x, voc.sample_rate)
             row = {"clip": path.stem}
             if name != "recordings":
                 row |= quality(audio, x, voc.sample_rate, voc.mel) | pitch[name]
             per_clip[name].append(row)
-        per_clip["mel_track"].append({"clip": path.stem, **pitch["mel_track"]})
+        for name in tracks:
+            per_clip[name].append({"clip": path.stem, **pitch[name]})
         print(f"{path.name}: done", flush=True, file=sys.stderr)
 
     keys = ["mel_l1", "pesq_wb", "stoi", "f0_median_cents", "f0_p90_cents", "f0_rmse_cents", "vuv_f1", "voiced_recall"]
@@ -199,7 +202,9 @@ def study(args: argparse.Namespace) -> int:
         for name, scores in mos.items():
             summary[name] |= scores
     model = "bundled model" if args.checkpoint is None else Path(args.checkpoint).name
-    names = {**SYSTEMS, "waveflow": SYSTEMS["waveflow"].format(model=model), "mel_track": PITCH_SYSTEMS["mel_track"]}
+    names = {**SYSTEMS, **{name: PITCH_SYSTEMS[name] for name in tracks}}
+    names["waveflow"] = SYSTEMS["waveflow"].format(model=model)
+    names["pulse_mel"] = SYSTEMS["pulse_mel"].format(tracker=f"{voc.config.model.pitch_tracker} tracker")
     print(f"{len(clips)} clips, {seconds:.1f} s; wavs in {args.out}/<system>/; means over clips")
     print(format_table(summary, names))
     if note:

@@ -90,9 +90,9 @@ def test_evaluate_cli_writes_table_and_json(tmp_path, speech):
     # the untrained tiny model must not beat Griffin-Lim on mel-L1: the figures mean something
     assert data["summary"]["waveflow"]["mel_l1"] > data["summary"]["griffin_lim"]["mel_l1"]
     if importlib.util.find_spec("pyworld") is not None:  # the eval extra's pitch measures
-        for row in ("waveflow output (harvest)", "Griffin-Lim (60 it.) output (harvest)", "mel-derived track"):
+        for row in ("waveflow output (harvest)", "Griffin-Lim (60 it.) output (harvest)", "mel-derived track, comb"):
             assert f"| {row}" in result.stdout, result.stdout
-        assert set(data["pitch"]) == {"waveflow", "griffin_lim", "mel_track"}
+        assert set(data["pitch"]) == {"waveflow", "griffin_lim", "mel_comb"}  # the model's tracker
         clip_figures = data["clips"][0]["pitch"]
         for system, means in data["pitch"].items():  # one clip: the means are its figures
             assert set(means) >= {"f0_median_cents", "f0_p90_cents", "f0_rmse_cents", "vuv_f1", "voiced_recall"}
@@ -206,12 +206,13 @@ def test_harvest_finds_a_sawtooths_f0_on_the_mels_frame_centres():
     assert abs(switch(track) - 16000 / hop) <= 1 and abs(switch(shifted) - 8000 / hop) <= 1
 
 
-def test_mel_track_of_a_sawtooth_agrees_with_harvest():
+@pytest.mark.parametrize("tracker", ["comb", "template"])
+def test_mel_track_of_a_sawtooth_agrees_with_harvest(tracker):
     from waveflow.evaluate import harvest_f0, mel_f0, pitch_agreement
 
     pytest.importorskip("pyworld")
     voc = tiny_vocoder()
     saw = sawtooth(np.full(22050, 22050 / 147))  # 150 Hz: a whole period of 147 samples
     mel = voc.mel(saw)
-    got = pitch_agreement(harvest_f0(saw, 22050, 256), mel_f0(mel, MelConfig()))
+    got = pitch_agreement(harvest_f0(saw, 22050, 256), mel_f0(mel, MelConfig(), tracker))
     assert got["voiced_recall"] > 0.9 and got["f0_median_cents"] < 5, got

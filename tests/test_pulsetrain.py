@@ -70,8 +70,9 @@ def test_control_keeps_the_pitch_it_is_given_through_lp_and_post_processing(clip
     # the LP filter gives the recording's level: the mel of the control is close to the original
     assert np.abs(voc.mel(out[: len(audio)]) - mel).mean() < 0.6
     # the mel's own tracks (MelPitch) drive the other control; F0 in MelPitch's search range
-    mel_f0, mel_voicing = mel_tracks(mel, MelConfig())
-    assert mel_f0.shape == mel_voicing.shape == (mel.shape[1],) and 60 < mel_f0.min() <= mel_f0.max() < 600
-    assert 0 <= mel_voicing.min() and mel_voicing.max() <= 1 and mel_voicing.max() > 0.5
+    for tracker in ("comb", "template"):
+        mel_f0, mel_voicing = mel_tracks(mel, MelConfig(), tracker)
+        assert mel_f0.shape == mel_voicing.shape == (mel.shape[1],) and 60 < mel_f0.min() <= mel_f0.max() < 600
+        assert 0 <= mel_voicing.min() and mel_voicing.max() <= 1 and mel_voicing.max() > 0.5
     with pytest.raises(ValueError, match="linear prediction"):
         pulse_noise_vocoder(Vocoder(WaveGlow(make_config("tiny").model), make_config("tiny")), mel, f0, f0 > 0)

@@ -44,7 +44,8 @@ PITCH_MEASURES = ("f0_median_cents", "f0_p90_cents", "f0_rmse_cents", "vuv_f1", 
 PITCH_SYSTEMS = {
     "waveflow": "waveflow output (harvest)",
     "griffin_lim": "Griffin-Lim (60 it.) output (harvest)",
-    "mel_track": "mel-derived track (MelPitch, voicing > 0.5)",
+    "mel_comb": "mel-derived track, comb tracker (voicing > 0.5)",
+    "mel_template": "mel-derived track, template tracker (voicing > 0.5)",
 }
 
 
@@ -147,12 +148,12 @@ def harvest_f0(
     return out
 
 
-def mel_f0(mel: np.ndarray, mel_cfg) -> np.ndarray:
+def mel_f0(mel: np.ndarray, mel_cfg, tracker: str = "comb") -> np.ndarray:
     """The mel-derived pitch track ``(F,)`` float64 of a log-mel ``(n_mels, F)``: F0 in Hz from
-    ``MelPitch``'s period where its voicing exceeds ``MEL_VOICED``, else 0."""
+    ``MelPitch``'s period (with ``tracker``) where its voicing exceeds ``MEL_VOICED``, else 0."""
     from waveflow.pulsetrain import mel_tracks
 
-    f0, voicing = mel_tracks(mel, mel_cfg)
+    f0, voicing = mel_tracks(mel, mel_cfg, tracker)
     return np.where(voicing > MEL_VOICED, f0, 0.0)
 
 
@@ -192,15 +193,19 @@ def _as_written(audio: np.ndarray) -> np.ndarray:
     return np.clip(audio.astype(np.float32), -1.0, 32767.0 / 32768.0)
 
 
-def clip_pitch(audio: np.ndarray, mel: np.ndarray, mel_cfg, outputs: dict[str, np.ndarray]) -> dict[str, dict]:
+def clip_pitch(
+    audio: np.ndarray, mel: np.ndarray, mel_cfg, outputs: dict[str, np.ndarray], trackers: tuple[str, ...] = ("comb",)
+) -> dict[str, dict]:
     """Pitch figures of one clip: each of ``outputs`` (system -> audio, scored as written) and
-    the mel-derived track (``"mel_track"``), against harvest on the reference ``audio``."""
+    the mel-derived track of each of ``trackers`` (``"mel_<tracker>"``), against harvest on
+    the reference ``audio``."""
     frames, hop = mel.shape[-1], mel_cfg.hop_length
     start = hop // 2 - mel_cfg.frame_offset  # where frame 0 is centred
     track = lambda x: harvest_f0(x, mel_cfg.sample_rate, hop, frames, start)
     ref = track(audio.astype(np.float32))
     result = {name: pitch_agreement(ref, track(_as_written(out[: len(audio)]))) for name, out in outputs.items()}
-    result["mel_track"] = pitch_agreement(ref, mel_f0(mel, mel_cfg))
+    for tracker in trackers:
+        result[f"mel_{tracker}"] = pitch_agreement(ref, mel_f0(mel, mel_cfg, tracker))
     return result
 
 
@@ -323,7 +328,8 @@ def evaluate(
             gl = outputs["griffin_lim"] = griffin_lim(mel, voc.config.mel, len(audio))
             row["griffin_lim"] = quality(audio, gl, voc.sample_rate, voc.mel)
         if pitch:
-            row["pitch"] = clip_pitch(audio, mel, voc.config.mel, outputs)
+            # the track of the model's own tracker: the one its source and post-filter read
+            row["pitch"] = clip_pitch(audio, mel, voc.config.mel, outputs, (voc.config.model.pitch_tracker,))
         rows.append(row)
     systems = ["waveflow", "griffin_lim"] if griffin else ["waveflow"]
     summary = {}
@@ -337,7 +343,7 @@ def evaluate(
     )
     result = {"clips": rows, "summary": summary, "n_clips": len(rows), "audio_seconds": audio_s}
     if pitch:
-        keys = rows[0]["pitch"]["mel_track"].keys()
+        keys = rows[0]["pitch"]["waveflow"].keys()
         result["pitch"] = {
             system: {k: _mean([r["pitch"][system][k] for r in rows]) for k in keys} for system in rows[0]["pitch"]
         }

@@ -23,13 +23,13 @@ TOP = 0.95  # share of the Nyquist frequency that the pulse train reaches
 TAPER_HZ = 500.0
 
 
-def mel_tracks(mel: np.ndarray, mel_cfg) -> tuple[np.ndarray, np.ndarray]:
+def mel_tracks(mel: np.ndarray, mel_cfg, tracker: str = "comb") -> tuple[np.ndarray, np.ndarray]:
     """The mel's own pitch: F0 in Hz and voicing in [0, 1] per frame, ``(F,)`` float64 each, of
-    a log-mel ``(n_mels, F)`` (``MelPitch`` and ``period_voicing``, as the pulse source and the
-    post-filter read it)."""
+    a log-mel ``(n_mels, F)`` (``MelPitch`` with ``tracker`` and ``period_voicing``, as the
+    pulse source and the post-filter of a model with that tracker read it)."""
     from waveflow.pitch import MelPitch, period_voicing
 
-    pitch = MelPitch(mel_cfg.n_mels, mel_cfg.sample_rate, mel_cfg.n_fft, mel_cfg.f_min, mel_cfg.f_max)
+    pitch = MelPitch(mel_cfg.n_mels, mel_cfg.sample_rate, mel_cfg.n_fft, mel_cfg.f_min, mel_cfg.f_max, tracker)
     with torch.no_grad():
         feats = pitch(torch.from_numpy(np.asarray(mel, dtype=np.float32))[None])
     period, voicing = period_voicing(feats, mel_cfg.sample_rate)
@@ -94,6 +94,7 @@ def pulse_noise_vocoder(voc, mel: np.ndarray, f0: np.ndarray, voicing: np.ndarra
     length = mel.shape[-1] * cfg.hop_length
     start = cfg.hop_length // 2 - cfg.frame_offset  # where frame 0 is centred
     e = pulse_noise(f0, voicing, length, cfg.sample_rate, cfg.hop_length, start, seed)
+    # the post-filter reads the pitch with the model's own tracker, as behind the flow
     target = torch.from_numpy(np.asarray(mel, dtype=np.float32))[None]
     with torch.no_grad():
         audio = voc.model.lpc.inverse(torch.from_numpy(e)[None], target)
