@@ -74,6 +74,12 @@ def add_postfilter(parser: argparse.ArgumentParser) -> None:
         help="iterations of the mel correction, which moves the output's mel onto the input mel; "
         "0 turns it off (default: the checkpoint's)",
     )
+    parser.add_argument(
+        "--no-limit",
+        action="store_true",
+        help="skip the soft output limiter (by default audio above 0.9 is bent smoothly below 0.99, "
+        "so that nothing clips; see waveflow.limiter)",
+    )
 
 
 def add_synthesize(parser: argparse.ArgumentParser) -> None:

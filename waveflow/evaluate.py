@@ -269,11 +269,12 @@ def silence_rms(
     seconds: float = 2.0,
     postfilter: float | None = None,
     mel_correction: int | None = None,
+    limit: bool = True,
 ) -> float:
     """RMS of the audio for an all-silence mel (every band at the log floor): the model's hiss."""
     frames = max(1, round(seconds * voc.sample_rate / voc.hop_length))
     mel = np.full((voc.n_mels, frames), voc.silence, dtype=np.float32)
-    audio = voc(mel, sigma=sigma, seed=seed, postfilter=postfilter, mel_correction=mel_correction)
+    audio = voc(mel, sigma=sigma, seed=seed, postfilter=postfilter, mel_correction=mel_correction, limit=limit)
     return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
 
 
@@ -306,6 +307,7 @@ def evaluate(
     postfilter: float | None = None,
     mel_correction: int | None = None,
     pitch: bool = True,
+    limit: bool = True,
 ) -> dict:
     """Score copy synthesis of every clip; returns {"clips": [...], "summary": {system: means}}
     and, with ``pitch`` (needs pyworld), {"pitch": {system: means}} (``clip_pitch`` per clip)."""
@@ -319,7 +321,7 @@ def evaluate(
         mel = voc.mel(audio)
         row = {"clip": path.stem, "seconds": len(audio) / voc.sample_rate}
         t0 = time.perf_counter()
-        out = voc(mel, sigma=sigma, seed=seed, postfilter=postfilter, mel_correction=mel_correction)
+        out = voc(mel, sigma=sigma, seed=seed, postfilter=postfilter, mel_correction=mel_correction, limit=limit)
         row["synthesis_s"] = time.perf_counter() - t0
         row["waveflow"] = quality(audio, out, voc.sample_rate, voc.mel)
         row["waveflow"]["nll_nats"], row["waveflow"]["nll_bits"] = nll(voc, audio, mel)
@@ -339,7 +341,7 @@ def evaluate(
     audio_s = sum(r["seconds"] for r in rows)
     summary["waveflow"]["real_time_factor"] = sum(r["synthesis_s"] for r in rows) / audio_s
     summary["waveflow"]["silence_rms"] = silence_rms(
-        voc, sigma, seed, postfilter=postfilter, mel_correction=mel_correction
+        voc, sigma, seed, postfilter=postfilter, mel_correction=mel_correction, limit=limit
     )
     result = {"clips": rows, "summary": summary, "n_clips": len(rows), "audio_seconds": audio_s}
     if pitch:
@@ -406,6 +408,7 @@ def run(args: argparse.Namespace) -> None:
         postfilter=args.postfilter,
         mel_correction=args.mel_correction,
         pitch=pitch,
+        limit=not args.no_limit,
     )
     result["checkpoint"] = str(args.checkpoint or "bundled")
     result["sigma"] = voc.sigma if args.sigma is None else args.sigma

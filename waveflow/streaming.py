@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
+from waveflow.limiter import soft_limit
 from waveflow.melcorrect import check_iterations
 from waveflow.postfilter import check_strength
 from waveflow.vocoder import MelLike, Vocoder, check_mel, receptive_field_frames, warn_mel_scale
@@ -46,7 +47,8 @@ class StreamingVocoder:
     algorithmic latency); ``lookback``: frames of past context (default: lookahead plus the
     mel upsampler's overlap). ``postfilter`` and ``mel_correction`` as ``Vocoder`` takes them
     (default: the checkpoint's); each adds its margin to the latency. One utterance at a time;
-    ``reset`` starts a new one. ``seed``: as ``Vocoder``'s (default 0). ``check_input``: warn
+    ``reset`` starts a new one. ``seed``: as ``Vocoder``'s (default 0). ``limit``: the soft
+    limiter, as ``Vocoder`` applies it (memoryless: no latency). ``check_input``: warn
     once per utterance (``MelScaleWarning``) when the mel is not a log-mel of the convention,
     judged on the frames pushed so far (up to the first ``SCALE_CHECK_FRAMES``).
     """
@@ -63,8 +65,10 @@ class StreamingVocoder:
         postfilter: float | None = None,
         mel_correction: int | None = None,
         check_input: bool = True,
+        limit: bool = True,
     ) -> None:
         self.vocoder = vocoder
+        self.limit = bool(limit)
         self.check_input = check_input
         self.sigma = vocoder.sigma if sigma is None else sigma
         if self.sigma < 0:
@@ -159,6 +163,8 @@ class StreamingVocoder:
         return self._out(out)
 
     def _out(self, audio: torch.Tensor) -> MelLike:
+        if self.limit:
+            audio = soft_limit(audio)
         return audio.numpy() if self._numpy else audio
 
     def _emit(self, end: int, available: int) -> torch.Tensor:

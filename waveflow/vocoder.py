@@ -30,6 +30,7 @@ import torch
 from waveflow.audio import MelSpectrogram
 from waveflow.checkpoint import load_checkpoint
 from waveflow.config import Config
+from waveflow.limiter import soft_limit
 from waveflow.melcheck import MelScaleWarning, diagnose
 from waveflow.melcorrect import MelCorrection, check_iterations
 from waveflow.model import WaveGlow
@@ -398,6 +399,7 @@ class Vocoder:
         postfilter: float | None = None,
         mel_correction: int | None = None,
         check_input: bool = True,
+        limit: bool = True,
     ) -> MelLike | list[MelLike]:
         """Synthesize audio.
 
@@ -419,6 +421,10 @@ class Vocoder:
         return type is the same as without ``lengths`` (audio ``(B, T * hop)``), clip i being
         ``audio[i, : lengths[i] * hop_length]``.
 
+        ``limit``: pass the output through the soft limiter (``waveflow.limiter``: untouched below
+        0.9, never reaching 0.99), so that it never reaches full scale; False returns it as
+        synthesized.
+
         ``check_input``: warn (``waveflow.melcheck.MelScaleWarning``) when the values are not a
         log-mel of the convention (linear, power, dB, log10, frames out of range), naming what
         was given and how to convert it; False skips the check.
@@ -426,7 +432,7 @@ class Vocoder:
         sigma = self.sigma if sigma is None else sigma
         postfilter = check_strength(self.postfilter_strength if postfilter is None else postfilter)
         mel_correction = check_iterations(self.mel_correction_iterations if mel_correction is None else mel_correction)
-        options = (sigma, seed, generator, denoise, postfilter, mel_correction)
+        options = (sigma, seed, generator, denoise, postfilter, mel_correction, bool(limit))
         if isinstance(mel, (list, tuple)):
             if lengths is not None:
                 raise ValueError("lengths= is for a padded batch array; a list already gives each mel its length")
@@ -484,6 +490,7 @@ class Vocoder:
         denoise: float,
         postfilter: float = 0.0,
         mel_correction: int = 0,
+        limit: bool = False,
     ) -> torch.Tensor:
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
@@ -503,7 +510,7 @@ class Vocoder:
                     clip = audio[i : i + 1, : f * self.hop_length]
                     target = mel[i : i + 1, :, :f]
                     audio[i, : f * self.hop_length] = self.mel_correction(clip, target, mel_correction)[0]
-        return audio
+        return soft_limit(audio) if limit else audio
 
     @property
     def denoiser(self):
