@@ -70,7 +70,7 @@ def test_cli_writes_no_clipped_sample_unless_no_limit(tmp_path):
     ckpt = tmp_path / "tiny.pt"
     write_tiny_checkpoint(ckpt)
     np.save(tmp_path / "mel.npy", random_mel(12, seed=6).numpy())
-    for flag, out in (([], "limited.wav"), (["--no-limit"], "raw.wav")):
+    for flag, out in (([], "limited.wav"), (["--no-limiter"], "raw.wav")):
         mel, wav = str(tmp_path / "mel.npy"), str(tmp_path / out)
         result = run_cli("synthesize", mel, "-o", wav, "--checkpoint", str(ckpt), "--sigma", "60", "--force", *flag)
         assert result.returncode == 0, result.stderr

@@ -75,7 +75,7 @@ def add_postfilter(parser: argparse.ArgumentParser) -> None:
         "0 turns it off (default: the checkpoint's)",
     )
     parser.add_argument(
-        "--no-limit",
+        "--no-limiter",
         action="store_true",
         help="skip the soft output limiter (by default audio above 0.9 is bent smoothly below 0.99, "
         "so that nothing clips; see waveflow.limiter)",

@@ -408,7 +408,7 @@ def run(args: argparse.Namespace) -> None:
         postfilter=args.postfilter,
         mel_correction=args.mel_correction,
         pitch=pitch,
-        limit=not args.no_limit,
+        limit=not args.no_limiter,
     )
     result["checkpoint"] = str(args.checkpoint or "bundled")
     result["sigma"] = voc.sigma if args.sigma is None else args.sigma

@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> None:
                     postfilter=args.postfilter,
                     mel_correction=args.mel_correction,
                     check_input=False,  # judged above, per file
-                    limit=not args.no_limit,
+                    limit=not args.no_limiter,
                 )
             for i, audio in zip(idx, outs, strict=False):
                 save_wav(pairs[i][1], audio, voc.sample_rate)
@@ -201,7 +201,7 @@ def _stream(voc, mel: np.ndarray, args: argparse.Namespace) -> np.ndarray:
         postfilter=args.postfilter,
         mel_correction=args.mel_correction,
         check_input=False,  # judged per file before synthesis
-        limit=not args.no_limit,
+        limit=not args.no_limiter,
     )
     pieces = [stream.push(mel[:, i : i + args.chunk_frames]) for i in range(0, mel.shape[1], args.chunk_frames)]
     pieces.append(stream.flush())
