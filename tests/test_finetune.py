@@ -4,7 +4,6 @@ own config.yaml with every earlier --set, and a line is logged every minute off 
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 
@@ -101,15 +100,15 @@ def test_init_from_without_config_takes_the_checkpoints_config(tmp_path, prepare
     assert cfg.model.lpc_order == 8 and cfg.train.eval_sigma == 0.7 and cfg.train.segment_length == 2048
 
 
-def test_init_from_with_a_recipe_keeps_the_inference_settings(tmp_path, prepared, caplog):  # noqa: F811
-    caplog.set_level(logging.INFO, logger="waveflow")
+def test_init_from_with_a_recipe_keeps_the_inference_settings(tmp_path, prepared, capsys):  # noqa: F811
     start = tmp_path / "start.pt"
     start_checkpoint(start)
     out = tmp_path / "a"
     assert _train(tmp_path, prepared, out, "--set", "train.max_steps=1", "--init-from", str(start)) == 0
     cfg = load_config(out / "config.yaml")  # the recipe (preset tiny) says sigma 0.6; the model is played at 0.55
     assert (cfg.train.eval_sigma, cfg.train.eval_postfilter, cfg.train.eval_mel_correction) == (0.55, 0.3, 1)
-    assert "train.eval_sigma 0.55 from" in caplog.text and "--set train.eval_sigma=0.6 to use it" in caplog.text
+    said = capsys.readouterr().err  # the CLI's log lines
+    assert "train.eval_sigma 0.55 from" in said and "--set train.eval_sigma=0.6 to use it" in said, said
     out = tmp_path / "b"
     assert _train(tmp_path, prepared, out, "--set", "train.max_steps=1", "--init-from", str(start),
                   "--set", "train.eval_sigma=0.8") == 0  # fmt: skip
@@ -147,3 +146,12 @@ def train_module_main(argv) -> int:
     from waveflow.cli import main
 
     return main(argv)
+
+
+def test_prepare_takes_a_plain_folder_of_wavs(tmp_path, mini_corpus):
+    voice_folder(tmp_path / "voice", mini_corpus)
+    result = cli("prepare", "--data", tmp_path / "voice", "--out", tmp_path / "prepared", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "no metadata.csv; 4 audio files" in result.stdout and "2 train, 1 dev, 1 test" in result.stdout
+    rate = sf.info(tmp_path / "prepared" / "corpus" / "wavs" / "me_LJ001-0002.wav").samplerate
+    assert rate == 22050 and (tmp_path / "prepared" / "train.txt").read_text().count("\n") == 2

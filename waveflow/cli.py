@@ -142,14 +142,31 @@ def _cmd_presets(args: argparse.Namespace) -> None:
         )
 
 
+def _holds_audio(folder) -> bool:
+    return folder.is_dir() and any(
+        p.suffix.lower() in (".wav", ".flac", ".ogg")
+        for where in (folder, folder / "wavs")
+        if where.is_dir()
+        for p in where.iterdir()
+    )
+
+
 def _cmd_prepare(args: argparse.Namespace) -> None:
     """Check an LJSpeech-style corpus and write train/dev/test filelists."""
     from collections import Counter
     from pathlib import Path
 
-    from waveflow.data import prepare
+    from waveflow.data import SAMPLE_RATE, prepare
 
-    summary = prepare(Path(args.data), Path(args.out), mel_cache=args.mel_cache, progress=not args.no_progress)
+    corpus = Path(args.data)
+    if not (corpus / "metadata.csv").is_file() and _holds_audio(corpus):
+        # a plain folder of audio, as a voice comes: resampled, mono, 16-bit, under OUT/corpus
+        from waveflow.finetune import prepare_wav_folder
+
+        count = prepare_wav_folder(corpus, Path(args.out) / "corpus", SAMPLE_RATE)
+        print(f"{corpus}: no metadata.csv; {count} audio files written as a corpus in {Path(args.out) / 'corpus'}")
+        corpus = Path(args.out) / "corpus"
+    summary = prepare(corpus, Path(args.out), mel_cache=args.mel_cache, progress=not args.no_progress)
     split = summary["split"]
     print(
         f"{summary['usable']} of {summary['clips']} clips usable: {split['train']} train, {split['dev']} dev, "
@@ -206,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run("registry"))
 
     p = command(sub, "prepare", "check an LJSpeech-style corpus and write train/dev/test filelists")
-    p.add_argument("--data", required=True, help="corpus folder holding metadata.csv and wavs/")
+    p.add_argument(
+        "--data", required=True, help="corpus folder holding metadata.csv and wavs/, or a plain folder of wavs"
+    )
     p.add_argument("--out", required=True, help="folder for the filelists (created)")
     p.add_argument("--mel-cache", action="store_true", help="also save every clip's log-mel as mels/ID.npy")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
