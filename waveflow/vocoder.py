@@ -203,17 +203,18 @@ class Vocoder:
         NVIDIA's published WaveGlow, downloaded and converted into the cache on first use; see
         ``waveflow.registry``), a pretrained folder (``config.yaml`` + ``model.safetensors``,
         written by ``waveflow export --format pretrained`` or ``waveflow finetune``) or, with
-        ``huggingface_hub`` installed, a hub repo id (``owner/name``) holding one."""
+        ``huggingface_hub`` installed, a hub repo id (``owner/name``) holding one. ``progress=False``
+        hides a download's progress bar."""
         from waveflow import registry
         from waveflow.pretrained import load_pretrained
 
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device cuda requested but CUDA is not available")
-        name = str(path_or_repo_id)
+        name, progress = str(path_or_repo_id), kwargs.pop("progress", True)
         if name == registry.BUNDLED and not Path(name).exists():
             return cls.default(device=device, half=half, **kwargs)
         if registry.is_name(name) and not Path(name).exists():
-            path_or_repo_id = registry.fetch(name, progress=kwargs.pop("progress", True))
+            path_or_repo_id = registry.fetch(name, progress=progress)
         model, cfg, card = load_pretrained(path_or_repo_id)
         kwargs.setdefault("denoise_mode", _denoise_mode_for(card))
         return cls(model, cfg, device=device, half=half, **kwargs)
