@@ -62,7 +62,7 @@ SYSTEMS = {
 }
 
 
-def synthesize(voc, audio: np.ndarray, mel: np.ndarray, system: str, seed: int) -> np.ndarray:
+def synthesize(voc, audio: np.ndarray, mel: np.ndarray, system: str, seed: int, tracker: str) -> np.ndarray:
     """One system's audio for a clip and its mel, as long as ``audio``."""
     cfg = voc.config.mel
     if system == "recordings":
@@ -74,11 +74,11 @@ def synthesize(voc, audio: np.ndarray, mel: np.ndarray, system: str, seed: int) 
     elif system == "flow_only":
         out = voc(mel, seed=seed, postfilter=0.0, mel_correction=0)
     elif system == "pulse_mel":
-        out = pulse_noise_vocoder(voc, mel, *mel_tracks(mel, cfg, voc.config.model.pitch_tracker), seed=seed)
+        out = pulse_noise_vocoder(voc, mel, *mel_tracks(mel, cfg, tracker), seed=seed, tracker=tracker)
     else:
         start = cfg.hop_length // 2 - cfg.frame_offset  # where frame 0 is centred
         f0 = harvest_f0(audio, cfg.sample_rate, cfg.hop_length, mel.shape[1], start)
-        out = pulse_noise_vocoder(voc, mel, f0, (f0 > 0).astype(np.float64), seed=seed)
+        out = pulse_noise_vocoder(voc, mel, f0, (f0 > 0).astype(np.float64), seed=seed, tracker=tracker)
     return out[: len(audio)]
 
 
@@ -143,6 +143,12 @@ def main(argv=None) -> int:
         default=",".join(SYSTEMS),
         help="comma-separated subset (default: all; the mel track's pitch figures are always computed)",
     )
+    p.add_argument(
+        "--tracker",
+        choices=TRACKERS,
+        default=None,
+        help="the controls' pitch tracker (pulse_mel's F0 and voicing, their post-filter; default: the model's)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mos-python", default=sys.executable, help="the python that runs mos.py (default: this one)")
     p.add_argument("--mos-script", type=Path, default=MOS_SCRIPT, help=f"default: {MOS_SCRIPT}")
@@ -170,6 +176,7 @@ def study(args: argparse.Namespace) -> int:
         raise ValueError(f"--systems: unknown {', '.join(unknown)}; expected a subset of {', '.join(SYSTEMS)}")
     torch.set_num_threads(2)
     voc = load_vocoder(args.checkpoint)
+    tracker = args.tracker or voc.config.model.pitch_tracker
     folders = {name: args.out / name for name in SYSTEMS if name in systems}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
@@ -180,7 +187,7 @@ def study(args: argparse.Namespace) -> int:
         audio = load_wav(path, voc.sample_rate)
         seconds += len(audio) / voc.sample_rate
         mel = voc.mel(audio)
-        outputs = {name: synthesize(voc, audio, mel, name, args.seed) for name in folders}
+        outputs = {name: synthesize(voc, audio, mel, name, args.seed, tracker) for name in folders}
         scored = {k: v for k, v in outputs.items() if k != "recordings"}
         pitch = clip_pitch(audio, mel, voc.config.mel, scored, TRACKERS)
         for name, x in outputs.items():
@@ -204,7 +211,7 @@ def study(args: argparse.Namespace) -> int:
     model = "bundled model" if args.checkpoint is None else Path(args.checkpoint).name
     names = {**SYSTEMS, **{name: PITCH_SYSTEMS[name] for name in tracks}}
     names["waveflow"] = SYSTEMS["waveflow"].format(model=model)
-    names["pulse_mel"] = SYSTEMS["pulse_mel"].format(tracker=f"{voc.config.model.pitch_tracker} tracker")
+    names["pulse_mel"] = SYSTEMS["pulse_mel"].format(tracker=f"{tracker} tracker")
     print(f"{len(clips)} clips, {seconds:.1f} s; wavs in {args.out}/<system>/; means over clips")
     print(format_table(summary, names))
     if note:

@@ -65,6 +65,10 @@ def test_control_keeps_the_pitch_it_is_given_through_lp_and_post_processing(clip
     f0 = harvest_f0(audio, SR, HOP)
     out = pulse_noise_vocoder(voc, mel, f0, (f0 > 0).astype(np.float64), seed=0)
     assert out.shape == (mel.shape[1] * HOP,) and np.isfinite(out).all()
+    # the post-filter reads the model's tracker unless told otherwise
+    np.testing.assert_array_equal(out, pulse_noise_vocoder(voc, mel, f0, (f0 > 0) * 1.0, seed=0, tracker="comb"))
+    other = pulse_noise_vocoder(voc, mel, f0, (f0 > 0) * 1.0, seed=0, tracker="template")
+    assert np.abs(other - out).max() > 1e-3
     got = pitch_agreement(f0, harvest_f0(out[: len(audio)], SR, HOP))
     assert got["voiced_recall"] > 0.8 and got["f0_median_cents"] < 10, got
     # the LP filter gives the recording's level: the mel of the control is close to the original

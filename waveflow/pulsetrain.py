@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from waveflow.postfilter import HarmonicPostfilter
+
 TOP = 0.95  # share of the Nyquist frequency that the pulse train reaches
 TAPER_HZ = 500.0
 
@@ -84,22 +86,27 @@ def pulse_noise(
     return (np.sqrt(v) * pulses + np.sqrt(1.0 - v) * noise).astype(np.float32)
 
 
-def pulse_noise_vocoder(voc, mel: np.ndarray, f0: np.ndarray, voicing: np.ndarray, seed: int = 0) -> np.ndarray:
+def pulse_noise_vocoder(
+    voc, mel: np.ndarray, f0: np.ndarray, voicing: np.ndarray, seed: int = 0, tracker: str | None = None
+) -> np.ndarray:
     """Audio ``(F * hop,)`` float32 from ``pulse_noise`` for a log-mel ``(n_mels, F)`` through the
     vocoder's own LP synthesis filter, then its post-filter and mel correction at the
-    checkpoint's settings, as ``Vocoder`` runs them on the flow's residual."""
+    checkpoint's settings, as ``Vocoder`` runs them on the flow's residual. ``tracker``: the
+    pitch tracker the post-filter reads (default: the model's own)."""
     if voc.model.lpc is None:
         raise ValueError("the pulse-train control needs a model with linear prediction (model.lpc_order > 0)")
     cfg = voc.config.mel
     length = mel.shape[-1] * cfg.hop_length
     start = cfg.hop_length // 2 - cfg.frame_offset  # where frame 0 is centred
     e = pulse_noise(f0, voicing, length, cfg.sample_rate, cfg.hop_length, start, seed)
-    # the post-filter reads the pitch with the model's own tracker, as behind the flow
+    postfilter = voc.postfilter
+    if tracker is not None and tracker != voc.config.model.pitch_tracker:
+        postfilter = HarmonicPostfilter.for_mel(cfg, tracker)
     target = torch.from_numpy(np.asarray(mel, dtype=np.float32))[None]
     with torch.no_grad():
         audio = voc.model.lpc.inverse(torch.from_numpy(e)[None], target)
         if voc.postfilter_strength > 0:
-            audio = voc.postfilter(audio, target, voc.postfilter_strength)
+            audio = postfilter(audio, target, voc.postfilter_strength)
         if voc.mel_correction_iterations:
             audio = voc.mel_correction(audio, target, voc.mel_correction_iterations)
     return audio[0].numpy()
