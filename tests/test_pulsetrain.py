@@ -8,6 +8,7 @@ import torch
 
 from waveflow.audio import load_wav
 from waveflow.config import MelConfig, make_config
+from waveflow.limiter import soft_limit
 from waveflow.model import WaveGlow
 from waveflow.pulsetrain import mel_tracks, pulse_noise, pulse_noise_vocoder
 from waveflow.vocoder import Vocoder
@@ -65,6 +66,9 @@ def test_control_keeps_the_pitch_it_is_given_through_lp_and_post_processing(clip
     f0 = harvest_f0(audio, SR, HOP)
     out = pulse_noise_vocoder(voc, mel, f0, (f0 > 0).astype(np.float64), seed=0)
     assert out.shape == (mel.shape[1] * HOP,) and np.isfinite(out).all()
+    # the soft limiter comes last, as in the vocoder
+    raw = pulse_noise_vocoder(voc, mel, f0, (f0 > 0) * 1.0, seed=0, limit=False)
+    np.testing.assert_array_equal(out, soft_limit(torch.from_numpy(raw)).numpy())
     # the post-filter reads the model's tracker unless told otherwise
     np.testing.assert_array_equal(out, pulse_noise_vocoder(voc, mel, f0, (f0 > 0) * 1.0, seed=0, tracker="comb"))
     other = pulse_noise_vocoder(voc, mel, f0, (f0 > 0) * 1.0, seed=0, tracker="template")

@@ -10,8 +10,8 @@ pitch. Per sample n, with F0 and voicing ``v`` interpolated linearly between fra
 frequency (a_k tapers to 0 over the last ``TAPER_HZ``, so that no harmonic switches on or off
 abruptly as F0 moves; K the sum of a_k squared), ``phi[n] = 2 pi sum_{m <= n} F0[m] / sample_rate``.
 ``e`` has unit power, as the LP residual has (the LP gain carries the level), and goes through
-the same steps as the flow's residual: the LP synthesis filter, the harmonic post-filter and
-the mel correction.
+the same steps as the flow's residual: the LP synthesis filter, the harmonic post-filter, the
+mel correction and the soft limiter.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from waveflow.limiter import soft_limit
 from waveflow.postfilter import HarmonicPostfilter
 
 TOP = 0.95  # share of the Nyquist frequency that the pulse train reaches
@@ -87,12 +88,19 @@ def pulse_noise(
 
 
 def pulse_noise_vocoder(
-    voc, mel: np.ndarray, f0: np.ndarray, voicing: np.ndarray, seed: int = 0, tracker: str | None = None
+    voc,
+    mel: np.ndarray,
+    f0: np.ndarray,
+    voicing: np.ndarray,
+    seed: int = 0,
+    tracker: str | None = None,
+    limit: bool = True,
 ) -> np.ndarray:
     """Audio ``(F * hop,)`` float32 from ``pulse_noise`` for a log-mel ``(n_mels, F)`` through the
     vocoder's own LP synthesis filter, then its post-filter and mel correction at the
-    checkpoint's settings, as ``Vocoder`` runs them on the flow's residual. ``tracker``: the
-    pitch tracker the post-filter reads (default: the model's own)."""
+    checkpoint's settings and the soft limiter (``limit``), as ``Vocoder`` runs them on the
+    flow's residual. ``tracker``: the pitch tracker the post-filter reads (default: the
+    model's own)."""
     if voc.model.lpc is None:
         raise ValueError("the pulse-train control needs a model with linear prediction (model.lpc_order > 0)")
     cfg = voc.config.mel
@@ -109,4 +117,6 @@ def pulse_noise_vocoder(
             audio = postfilter(audio, target, voc.postfilter_strength)
         if voc.mel_correction_iterations:
             audio = voc.mel_correction(audio, target, voc.mel_correction_iterations)
+    if limit:
+        audio = soft_limit(audio)
     return audio[0].numpy()
