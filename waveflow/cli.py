@@ -184,10 +184,10 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 def _run(module: str, function: str = "run"):
     """The subcommand's code, imported only when it runs (help needs no torch)."""
 
-    def call(args: argparse.Namespace) -> None:
+    def call(args: argparse.Namespace) -> int | None:
         import importlib
 
-        getattr(importlib.import_module(f"waveflow.{module}"), function)(args)
+        return getattr(importlib.import_module(f"waveflow.{module}"), function)(args)
 
     return call
 
@@ -308,14 +308,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     try:
-        args.func(args)
+        code = args.func(args)
     except (CLIError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError, WriteError) as exc:
         print(f"waveflow {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"waveflow {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -19,6 +19,78 @@ class ConfigError(ValueError):
     """A configuration key is unknown, ill-typed or out of range."""
 
 
+# Upper bounds, checked before anything is allocated: a config (a recipe, a checkpoint's) is
+# input, and a few bytes of it can ask for terabytes or hours. Each is far above any published
+# vocoder (WaveGlow's paper model: 268 M weights, 6.5e7 FLOPs per sample).
+MAX_WEIGHTS = 500_000_000  # 2 GB of float32
+MAX_FLOPS_PER_SAMPLE = 2e9  # a minute of audio would take hours on a CPU
+MAX_CONFIG_BYTES = 1_000_000  # a config file; recipes are a few hundred bytes
+LIMITS = {
+    "mel.sample_rate": 384_000,
+    "mel.n_fft": 16_384,
+    "mel.n_mels": 512,
+    "model.n_flows": 64,
+    "model.n_group": 1024,
+    "model.n_layers": 16,  # dilation 2**(n_layers - 1)
+    "model.n_channels": 4096,
+    "model.kernel_size": 63,
+    "model.hop_length": 8192,
+    "model.upsample_kernel": 65_536,
+    "train.segment_length": 2**22,
+    "train.batch_size": 4096,
+    "train.keep_last": 10_000,
+    "train.num_workers": 256,
+    "train.eval_mel_correction": 1000,
+    "train.eval_audio_clips": 1000,
+}
+
+
+def check_limits(section: str, obj: Any) -> None:
+    """Every bounded field of one config section against ``LIMITS``."""
+    for key, limit in LIMITS.items():
+        where, name = key.split(".")
+        if where == section and getattr(obj, name) > limit:
+            raise ConfigError(f"{key} is {getattr(obj, name)}; at most {limit} is accepted")
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """A bounded repr for error messages: a value from a file may be nested or huge (a YAML or
+    pickle alias bomb); its full repr could take gigabytes."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 2, limit, limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def safe_yaml(text: str, where: str = "YAML") -> Any:
+    """``yaml.safe_load`` that refuses aliases (``*name``): a few hundred bytes of nested aliases
+    expand into gigabytes, and no waveflow config needs them; refuses text over
+    ``MAX_CONFIG_BYTES``. Raises ConfigError naming ``where``."""
+    import yaml
+
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}: {len(text)} characters; a config holds at most {MAX_CONFIG_BYTES}")
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise ConfigError(
+                    f"{where}: line {mark.line + 1}: YAML aliases (*name) are not accepted in a config"
+                )
+            return super().compose_node(parent, index)
+
+    loader = NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML ({short(str(exc), 200)})") from None
+    finally:
+        loader.dispose()
+
+
 @dataclass
 class MelConfig:
     """Log-mel convention (described in ``waveflow.audio``). ``preset`` selects the padding/magnitude rule."""
@@ -43,6 +115,7 @@ class MelConfig:
             f"mel band must satisfy 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}..{self.f_max}",
         )
         _check(self.clamp_min > 0, "mel.clamp_min must be positive")
+        check_limits("mel", self)
         if self.preset == "hifigan":
             _check(
                 (self.n_fft - self.hop_length) % 2 == 0,
@@ -106,6 +179,7 @@ class ModelConfig:
     def validate(self) -> None:
         for name in ("n_mels", "n_flows", "n_group", "n_layers", "n_channels", "hop_length"):
             _check(getattr(self, name) > 0, f"model.{name} must be positive")
+        check_limits("model", self)
         _check(self.n_early_every >= 0, "model.n_early_every must be >= 0 (0 disables early outputs)")
         _check(self.n_early_size >= 0, "model.n_early_size must be >= 0")
         _check(self.kernel_size % 2 == 1, "model.kernel_size must be odd (non-causal 'same' convolutions)")
@@ -137,6 +211,31 @@ class ModelConfig:
                 f"flow {k} would see {channels} channels; the affine coupling needs an even number >= 2 "
                 f"(n_group={self.n_group}, n_early_every={self.n_early_every}, n_early_size={self.n_early_size})",
             )
+        weights = self.weights_estimate()
+        _check(
+            weights <= MAX_WEIGHTS,
+            f"this model would have about {weights / 1e6:.0f} M weights ({weights * 4 / 2**30:.1f} GiB); "
+            f"at most {MAX_WEIGHTS / 1e6:.0f} M are accepted",
+        )
+        flops = 2 * weights / self.n_group
+        _check(
+            flops <= MAX_FLOPS_PER_SAMPLE,
+            f"this model would cost about {flops:.1e} FLOPs per sample; "
+            f"at most {MAX_FLOPS_PER_SAMPLE:.0e} are accepted",
+        )
+
+    def weights_estimate(self) -> int:
+        """About how many weights the model has (the couplings' convolutions, the 1x1 convs and
+        the upsampler; biases left out), from the config alone, before anything is allocated.
+        Each weight is one multiply-add per group step, so ``2 * this / n_group`` is about the
+        FLOPs per sample (``waveflow.cost`` counts them exactly)."""
+        width, layers = self.n_channels, self.n_layers
+        total = self.cond_inputs**2 * self.upsample_kernel
+        for c in self.channels_per_flow():
+            coupling = c // 2 * width + layers * 2 * width * width * self.kernel_size
+            coupling += self.cond_channels * 2 * width * layers + layers * 2 * width * width + width * c
+            total += coupling + c * c
+        return total
 
     @property
     def upsample_stride(self) -> int:
@@ -214,6 +313,7 @@ class TrainConfig:
         _check(self.keep_last >= 1, "train.keep_last must be >= 1")
         _check(self.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
         _check(self.grad_clip >= 0, "train.grad_clip must be >= 0")
+        check_limits("train", self)
 
 
 @dataclass
@@ -286,11 +386,12 @@ def make_config(preset: str = "default", overrides: dict[str, Any] | None = None
     overrides = dict(overrides or {})
     preset = overrides.pop("preset", preset)
     if not isinstance(preset, str) or preset not in MODEL_PRESETS:
-        raise ConfigError(f"unknown model preset {preset!r}; expected one of {sorted(MODEL_PRESETS)}")
+        raise ConfigError(f"unknown model preset {short(preset)}; expected one of {sorted(MODEL_PRESETS)}")
     unknown = set(overrides) - {"mel", "model", "train"}
     if unknown:
         raise ConfigError(
-            f"unknown top-level config key(s) {sorted(unknown)}; expected 'preset', 'mel', 'model', 'train'"
+            f"unknown top-level config key(s) {short(sorted(map(str, unknown)), 120)}; "
+            "expected 'preset', 'mel', 'model', 'train'"
         )
     for section in ("mel", "model", "train"):
         if not isinstance(overrides.get(section, {}), dict):
@@ -313,7 +414,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     preset = data.pop("preset", "default")
     unknown = set(data) - {"mel", "model", "train"}
     if unknown:
-        raise ConfigError(f"unknown top-level config key(s) {sorted(unknown)}")
+        raise ConfigError(f"unknown top-level config key(s) {short(sorted(map(str, unknown)), 120)}")
     cfg = Config(
         preset=preset if isinstance(preset, str) else "default",
         mel=_from_dict(MelConfig, data.get("mel", {}), "mel"),
@@ -326,17 +427,14 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 def load_config(path: str | Path) -> Config:
     """Read a YAML file of overrides (``preset``, ``mel``, ``model``, ``train``)."""
-    import yaml
-
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes; a config holds at most {MAX_CONFIG_BYTES}")
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    data = safe_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
     try:
@@ -369,9 +467,9 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"config section {where!r} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(map(str, set(data) - known))
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where!r}; known keys: {sorted(known)}")
+        raise ConfigError(f"unknown key(s) {short(unknown, 120)} in {where!r}; known keys: {sorted(known)}")
     values = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
     return cls(**values)
 
@@ -381,7 +479,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin is Literal:
         choices = get_args(hint)
         if value not in choices:
-            raise ConfigError(f"{where} must be one of {list(choices)}, got {value!r}")
+            raise ConfigError(f"{where} must be one of {list(choices)}, got {short(value)}")
         return value
     if origin in (typing.Union, types.UnionType):
         for arg in get_args(hint):
@@ -391,19 +489,19 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return _coerce(value, non_none[0], where)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
+            raise ConfigError(f"{where} must be true or false, got {short(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
+            raise ConfigError(f"{where} must be an integer, got {short(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
+            raise ConfigError(f"{where} must be a number, got {short(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
+            raise ConfigError(f"{where} must be a string, got {short(value)}")
         return value
     if dataclasses.is_dataclass(hint):
         return _from_dict(hint, value, where)

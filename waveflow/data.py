@@ -205,9 +205,16 @@ def load_prepared(folder: Path, split: str) -> list[Clip]:
 
 # ------------------------------------------------------------------ batches
 def read_segment(clip: Clip, offset: int, length: int) -> np.ndarray:
-    """``length`` samples of ``clip`` from ``offset``, zero-padded past its end."""
-    audio, _ = sf.read(clip.path, start=offset, frames=length, dtype="float32", always_2d=True)
+    """``length`` samples of ``clip`` from ``offset``, zero-padded past its end. A clip that
+    cannot be read, or holds NaN/Inf, raises ``DataError`` naming it (a wav can change or rot
+    after ``prepare``)."""
+    try:
+        audio, _ = sf.read(clip.path, start=offset, frames=length, dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile's errors can fail even to print themselves
+        raise DataError(f"clip {clip.id} ({clip.path}) cannot be read: {_reason(exc)}") from None
     audio = audio[:, 0]
+    if not np.isfinite(audio).all():
+        raise DataError(f"clip {clip.id} ({clip.path}) holds NaN or Inf samples")
     if audio.shape[0] < length:
         audio = np.pad(audio, (0, length - audio.shape[0]))
     return audio
@@ -255,7 +262,15 @@ class SegmentBatches(torch.utils.data.Dataset):
         n = len(self.clips)
         return [int(self._order(p // n)[p % n]) for p in self.positions(step)]
 
-    def __getitem__(self, step: int) -> torch.Tensor:
+    def __getitem__(self, step: int) -> torch.Tensor | str:
+        """The batch, or a ``DataError``'s message when a clip could not be read: returned, not
+        raised, so that it crosses from a worker process intact (``checked_batches`` raises it)."""
+        try:
+            return self._batch(step)
+        except DataError as exc:
+            return f"{BAD_BATCH}{exc}"
+
+    def _batch(self, step: int) -> torch.Tensor:
         ctx = self.context
         out = np.zeros((self.batch_size, ctx + self.segment_length), dtype=np.float32)
         for i, (position, index) in enumerate(zip(self.positions(step), self.clip_indices(step), strict=False)):
@@ -276,6 +291,53 @@ def _ignore_stop_signals(worker_id: int) -> None:
     # first would make the loader raise mid-step and lose that checkpoint.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Since they ignore SIGTERM, they must not outlive the trainer (kill -9, a crash): Linux
+    # sends them SIGKILL when it dies.
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import os
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call
+        os._exit(1)
+
+
+BAD_BATCH = "waveflow-bad-batch:"
+
+
+def checked_batches(batches):
+    """Yield the loader's batches; raise ``DataError`` (naming the clip) for one that could not be
+    read, or when a worker process failed, instead of a worker traceback or a wait."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:  # a worker died or raised something other than a DataError
+            raise DataError(f"reading training data failed: {_reason(exc)}") from None
+        if isinstance(batch, str) and batch.startswith(BAD_BATCH):
+            raise DataError(batch[len(BAD_BATCH) :])
+        yield batch
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none (or cannot
+    be printed), at most 200 characters."""
+    try:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    except Exception:
+        text = ""
+    text = text or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def batch_loader(dataset: SegmentBatches, start_step: int, num_workers: int) -> torch.utils.data.DataLoader:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from waveflow.atomic import atomic_open
 from waveflow.audio import MelSpectrogram, load_wav, mel_filterbank
 from waveflow.checkpoint import (
     atomic_save,
@@ -36,12 +37,13 @@ from waveflow.checkpoint import (
     read_checkpoint,
     warm_start,
 )
-from waveflow.config import Config, ConfigError, config_from_dict, load_config, make_config, save_config
-from waveflow.data import SegmentBatches, batch_loader, load_prepared
+from waveflow.config import Config, ConfigError, config_from_dict, load_config, make_config
+from waveflow.data import DataError, SegmentBatches, batch_loader, checked_batches, load_prepared
 from waveflow.loss import flow_nll, nll_per_example
 from waveflow.melcorrect import MelCorrection
 from waveflow.model import WaveGlow
 from waveflow.postfilter import HarmonicPostfilter
+from waveflow.runlock import LOCK_FILE, RunLock
 
 log = logging.getLogger("waveflow")
 
@@ -511,7 +513,10 @@ class Trainer:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             return self._loop(dataset)
+        except DataError as exc:
+            raise self._data_failure(exc) from None
         finally:
+            self._shutdown_loader()
             for s, handler in previous.items():
                 signal.signal(s, handler)
             if self.writer is not None:
@@ -519,6 +524,27 @@ class Trainer:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stop_signal = signal.Signals(signum).name
+
+    @property
+    def exit_code(self) -> int:
+        """0 for a run that ended on its own; 128 + the signal's number (SIGTERM 143, SIGINT 130)
+        for one stopped by a signal after its checkpoint, so that a scheduler can requeue it."""
+        return 128 + signal.Signals[self.stop_signal].value if self.stop_signal else 0
+
+    def _data_failure(self, exc: DataError) -> TrainError:
+        """A batch could not be read: checkpoint the steps done (rank 0), stop the loader's
+        workers, and say which clip and what is intact."""
+        self._shutdown_loader()
+        saved = "no checkpoint written (not the main process)"
+        if self.ctx.main:
+            saved = f"checkpoint {self.save()} written at step {self.step}"
+        return TrainError(f"stopped at step {self.step}: {exc}; {saved}; fix or drop the clip, then --resume")
+
+    def _shutdown_loader(self) -> None:
+        batches, self._batches = getattr(self, "_batches", None), None
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
     def _loop(self, dataset: SegmentBatches) -> int:
         from tqdm import tqdm
@@ -533,7 +559,8 @@ class Trainer:
             unit="step",
             disable=not (ctx.main and self.progress and sys.stderr.isatty()),
         )
-        loader = batch_loader(dataset, self.step, cfg.train.num_workers)
+        self._batches = iter(batch_loader(dataset, self.step, cfg.train.num_workers))
+        loader = checked_batches(self._batches)
         samples_per_step = cfg.train.batch_size * cfg.train.segment_length * ctx.world_size
         busy = 0.0  # seconds spent in training steps since the last log line
         heartbeat = Heartbeat(self.step, cfg.train.max_steps, enabled=ctx.main and bar.disable)
@@ -624,7 +651,7 @@ def prepare_run_folder(out: Path, cfg: Config, resume: bool, force: bool) -> Pat
             stale.unlink()
         last = sorted((out / "checkpoints").glob("step_*.pt"))
         return last[-1] if last else None
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         if not force:
             raise TrainError(f"{out} already holds files; pass --resume to continue that run or --force to replace it")
         if existing.is_file():
@@ -635,7 +662,8 @@ def prepare_run_folder(out: Path, cfg: Config, resume: bool, force: bool) -> Pat
     return None
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int:
+    """``waveflow train``; returns the exit code (see ``Trainer.exit_code``)."""
     try:
         import tensorboard  # noqa: F401  (SummaryWriter needs it; checked before the run folder is touched)
     except ImportError:
@@ -649,6 +677,7 @@ def run(args: argparse.Namespace) -> None:
             raise TrainError(f"--init-from {init_from}: no such checkpoint file")
     cfg = resolve_run_config(args)
     ctx = Dist(args.device)
+    lock = None
     try:
         # everything is checked (data, device, precision) before the run folder is touched
         trainer = Trainer(cfg, Path(args.data), out, ctx, progress=not args.no_progress)
@@ -656,9 +685,10 @@ def run(args: argparse.Namespace) -> None:
         started = trainer.initialize_from(init_from) if init_from is not None else ""
         resume_from = None
         if ctx.main:
+            lock = RunLock(out).acquire()  # before the folder is read or changed: one run per folder
             resume_from = prepare_run_folder(out, cfg, args.resume, args.force)
             out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out / "config.yaml")
+            write_run_config(cfg, out / "config.yaml")
         ctx.barrier()
         if args.resume and not ctx.main:
             last = sorted((out / "checkpoints").glob("step_*.pt"))
@@ -669,8 +699,22 @@ def run(args: argparse.Namespace) -> None:
             step = trainer.run(resume_from)
             if ctx.main:
                 print(f"stopped at step {step}; best dev NLL {trainer.best_dev:.4f} nats/sample; run folder {out}")
+            if trainer.exit_code:
+                log.info(f"exit code {trainer.exit_code} (128 + {trainer.stop_signal}): stopped, resumable")
+            return trainer.exit_code
     finally:
+        if lock is not None:
+            lock.release()
         ctx.close()
+
+
+def write_run_config(cfg: Config, path: Path) -> None:
+    """The run's config.yaml, written atomically: a failed write (a full disk) leaves the old
+    file whole, so the run can still be resumed."""
+    import yaml
+
+    with atomic_open(path, "w") as handle:
+        handle.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 @contextmanager
