@@ -14,7 +14,15 @@ import argparse
 import json
 from pathlib import Path
 
-from waveflow.checkpoint import FORMAT, VERSION, atomic_save, checkpoint_config, read_checkpoint
+from waveflow.checkpoint import (
+    CHECKSUM_KEY,
+    FORMAT,
+    VERSION,
+    atomic_save,
+    checkpoint_config,
+    read_checkpoint,
+    weights_digest,
+)
 from waveflow.config import with_overrides
 
 
@@ -75,6 +83,7 @@ def main() -> int:
         "version": VERSION,
         "config": cfg.to_dict(),
         "model": weights,
+        CHECKSUM_KEY: weights_digest(weights),
         "step": int(data.get("step", 0)),
         "dev_nll": float(data.get("dev_nll", data.get("best_dev_nll", float("nan")))),
         "note": args.note,

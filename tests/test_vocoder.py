@@ -10,7 +10,7 @@ import torch
 from conftest import perturb_, tiny_config
 
 from waveflow.audio import MelSpectrogram, load_wav
-from waveflow.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
+from waveflow.checkpoint import CheckpointError, make_checkpoint, save_checkpoint, weights_digest
 from waveflow.config import make_config, with_overrides
 from waveflow.model import WaveGlow
 from waveflow.vocoder import (
@@ -188,6 +188,7 @@ def test_float16_checkpoint_loads_as_float32(tmp_path):
     model, cfg = tiny_setup()
     data = make_checkpoint(model, cfg)
     data["model"] = {k: v.half() if v.is_floating_point() else v for k, v in data["model"].items()}
+    data["weights_sha256"] = weights_digest(data["model"])  # the weights changed: so does their checksum
     torch.save(data, tmp_path / "half.pt")
     voc = Vocoder.from_checkpoint(tmp_path / "half.pt")
     assert all(p.dtype == torch.float32 for p in voc.model.parameters())

@@ -12,6 +12,7 @@ so an interrupted save never leaves a half-written checkpoint behind.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from waveflow.atomic import atomic_open
-from waveflow.config import Config, ConfigError, config_from_dict
+from waveflow.config import Config, ConfigError, config_from_dict, short
 from waveflow.model import WaveGlow
 
 FORMAT = "waveflow"
@@ -42,9 +43,44 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 
 def make_checkpoint(model: WaveGlow, cfg: Config, **extra: Any) -> dict[str, Any]:
-    """The plain-data checkpoint of ``model`` with its config and any extra entries."""
+    """The plain-data checkpoint of ``model`` with its config, the weights' checksum and any
+    extra entries."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return {"format": FORMAT, "version": VERSION, "config": cfg.to_dict(), "model": state, **extra}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": cfg.to_dict(),
+        "model": state,
+        CHECKSUM_KEY: weights_digest(state),
+        **extra,
+    }
+
+
+CHECKSUM_KEY = "weights_sha256"
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the weights: every tensor's name, dtype, shape and bytes, in name order.
+    Stored in every checkpoint (and pretrained folder) and checked at load, so that a damaged
+    file fails loudly instead of synthesizing slightly wrong audio."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def verify_weights(state: dict[str, Any], expected: Any, path: str | Path) -> None:
+    """Raise CheckpointError unless ``state`` is all tensors with the digest ``expected``."""
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: weight {short(bad[0])} is a {type(state[bad[0]]).__name__}, expected a tensor")
+    if not isinstance(expected, str) or weights_digest(state) != expected:
+        raise CheckpointError(
+            f"{path}: the weights do not match the checksum stored with them: the file is damaged "
+            "(a flipped byte, a bad copy); download or copy it again"
+        )
 
 
 def save_checkpoint(path: str | Path, model: WaveGlow, cfg: Config, **extra: Any) -> None:
@@ -74,10 +110,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a waveflow checkpoint (no format={FORMAT!r} entry)")
     version = data.get("version")
     if not isinstance(version, int) or version > VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {version!r}; this waveflow reads up to {VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint format version {short(version)}; this waveflow reads up to {VERSION}"
+        )
     for key in ("config", "model"):
         if not isinstance(data.get(key), dict):
             raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
+    if CHECKSUM_KEY in data:  # checkpoints written before checksums load as they did
+        verify_weights(data["model"], data[CHECKSUM_KEY], path)
     return data
 
 

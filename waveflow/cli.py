@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -303,14 +304,32 @@ def configure_logging(verbose: bool) -> None:
         logger.propagate = False
 
 
+MAX_ERROR_CHARS = 1000
+
+
+def one_line(message: str) -> str:
+    """An error message as one line of at most ``MAX_ERROR_CHARS``: a value quoted from a file
+    can be long or hold newlines."""
+    message = " ".join(message.split("\n"))
+    if len(message) > MAX_ERROR_CHARS:
+        message = f"{message[: MAX_ERROR_CHARS - 40]}... ({len(message)} characters, cut)"
+    return message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     try:
         code = args.func(args)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+    except BrokenPipeError:
+        # `waveflow prepare ... | head -1`: the reader went away; what was to be written is
+        # written (files come before the summary), so end quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
     except (CLIError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError, WriteError) as exc:
-        print(f"waveflow {args.command}: error: {exc}", file=sys.stderr)
+        print(f"waveflow {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"waveflow {args.command}: interrupted", file=sys.stderr)

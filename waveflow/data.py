@@ -39,6 +39,7 @@ TEST_SIZE = 250
 DEV_SIZE = 250
 FULL_CORPUS = 13100
 SILENCE_PEAK = 1e-4  # a clip whose peak |amplitude| is below this is taken as silent
+MAX_PEAK = 1.0  # float wavs can hold anything; the model's audio lives in [-1, 1]
 
 
 class DataError(ValueError):
@@ -89,17 +90,24 @@ def read_metadata(corpus: Path) -> list[str]:
 
 def check_clip(path: Path) -> tuple[int, str | None]:
     """(samples, None) for a usable clip, else (0, the reason it is skipped)."""
-    if not path.is_file():
-        return 0, "missing"
+    try:
+        if not path.is_file():
+            return 0, "missing"
+    except OSError as exc:  # e.g. a 300-character id: the file name is too long to exist
+        return 0, f"cannot be opened ({exc.strerror or type(exc).__name__})"
     try:
         info = sf.info(str(path))
         audio, _ = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises several types for broken files
-        return 0, f"unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        return 0, f"unreadable ({_reason(exc)})"
     if info.channels != 1:
         return 0, f"{info.channels} channels, expected mono"
     if info.samplerate != SAMPLE_RATE:
         return 0, f"{info.samplerate} Hz, expected {SAMPLE_RATE}"
+    if not np.isfinite(audio).all():
+        return 0, "NaN or Inf samples"
+    if audio.size and float(np.abs(audio).max()) > MAX_PEAK:
+        return 0, f"peak amplitude {float(np.abs(audio).max()):.3g}, outside [-1, 1]"
     if audio.size == 0 or float(np.abs(audio).max()) < SILENCE_PEAK:
         return 0, "silent"
     return audio.shape[0], None

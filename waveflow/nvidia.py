@@ -72,12 +72,51 @@ _MODULE_CLASSES = (
     "glow.Invertible1x1Conv",
 )
 _STAND_INS = {name: type(name.rsplit(".", 1)[1], (_StandIn,), {"qualname": name}) for name in _MODULE_CLASSES}
+
+
+def _check_view(storage: Any, offset: Any, size: Any, stride: Any) -> None:
+    """Refuse a tensor view that reaches past its storage or holds more elements than it (an
+    expanded, stride-0 or overlapping view): a few bytes of storage could then stand for a
+    tensor that any copy (a dtype cast, a concatenation) materialises at gigabytes."""
+    try:
+        elements = len(storage)
+        size, stride = tuple(size), tuple(stride)
+    except TypeError:
+        raise _Refused("a tensor without a proper storage, size or stride") from None
+    ints = (offset, *size, *stride)
+    if len(size) != len(stride) or not all(isinstance(v, int) and v >= 0 for v in ints):
+        raise _Refused(f"a tensor view with size {size[:8]} and stride {stride[:8]}: expected non-negative integers")
+    numel = 1
+    for n in size:
+        numel *= n
+    if numel == 0:
+        return
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    if last >= elements:
+        raise _Refused(f"a tensor of shape {size[:8]} reaches past its storage of {elements} elements")
+    if numel > elements:
+        raise _Refused(
+            f"a tensor of shape {size[:8]} ({numel} elements) over a storage of {elements}: an expanded "
+            "(stride 0) or overlapping view, refused before it is materialised"
+        )
+
+
+def _rebuild_tensor_checked(storage: Any, storage_offset: Any, size: Any, stride: Any, *rest: Any) -> torch.Tensor:
+    _check_view(storage, storage_offset, size, stride)
+    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, *rest)
+
+
+def _rebuild_tensor_checked_v1(storage: Any, storage_offset: Any, size: Any, stride: Any) -> torch.Tensor:
+    _check_view(storage, storage_offset, size, stride)
+    return torch._utils._rebuild_tensor(storage, storage_offset, size, stride)
+
+
 # Real objects that rebuild containers and tensors; none of them runs code chosen by the file.
 _REAL = {
     "collections.OrderedDict": OrderedDict,
     "builtins.set": set,
-    "torch._utils._rebuild_tensor": torch._utils._rebuild_tensor,
-    "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+    "torch._utils._rebuild_tensor": _rebuild_tensor_checked_v1,
+    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_checked,
     "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
     "torch.nn.parameter.Parameter": torch.nn.Parameter,
 }
@@ -134,14 +173,31 @@ def safe_load(path: str | Path) -> Any:
 
 
 # ------------------------------------------------------------ state extraction
-def _module_state(obj: Any, prefix: str, out: dict[str, torch.Tensor], where: str) -> None:
+MAX_MODULE_DEPTH = 16  # glow.WaveGlow -> WN -> ModuleList -> Conv1d is 4 deep
+
+
+def _module_state(
+    obj: Any, prefix: str, out: dict[str, torch.Tensor], where: str, seen: frozenset[int] = frozenset()
+) -> None:
     """Flatten a stand-in module tree into ``name -> tensor`` like ``Module.state_dict``."""
+    at = prefix.rstrip(".") or "the top"
     if not isinstance(obj, _StandIn):
-        raise NvidiaCheckpointError(f"{where}: expected a module at {prefix or 'the top'}, found {type(obj).__name__}")
+        raise NvidiaCheckpointError(f"{where}: expected a module at {at}, found {type(obj).__name__}")
+    if id(obj) in seen or len(seen) >= MAX_MODULE_DEPTH:
+        raise NvidiaCheckpointError(f"{where}: the module tree loops back on itself (or nests too deep) at {at}")
+    seen = seen | {id(obj)}
+    for key in ("_parameters", "_buffers", "_modules"):
+        if not isinstance(getattr(obj, key, None) or {}, dict):
+            raise NvidiaCheckpointError(
+                f"{where}: {at} has {key} of type {type(getattr(obj, key)).__name__}, expected a dict"
+            )
     for key in ("_parameters", "_buffers"):
         for name, tensor in (getattr(obj, key, None) or {}).items():
-            if tensor is not None:
-                out[prefix + name] = tensor.detach()
+            if tensor is None:
+                continue
+            if not isinstance(tensor, torch.Tensor):
+                raise NvidiaCheckpointError(f"{where}: {prefix}{name} is a {type(tensor).__name__}, expected a tensor")
+            out[prefix + str(name)] = tensor.detach()
     for hook in (getattr(obj, "_forward_pre_hooks", None) or {}).values():
         if isinstance(hook, _StandIn) and hook.qualname.endswith("WeightNorm"):
             if getattr(hook, "name", "weight") != "weight" or getattr(hook, "dim", 0) != 0:
@@ -151,7 +207,7 @@ def _module_state(obj: Any, prefix: str, out: dict[str, torch.Tensor], where: st
                 )
     for name, child in (getattr(obj, "_modules", None) or {}).items():
         if child is not None:
-            _module_state(child, f"{prefix}{name}.", out, where)
+            _module_state(child, f"{prefix}{name}.", out, where, seen)
 
 
 def _raw_nvidia_state(data: Any, where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

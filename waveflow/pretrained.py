@@ -18,8 +18,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from waveflow.checkpoint import CheckpointError, load_state, read_checkpoint
-from waveflow.config import Config, ConfigError, config_from_dict
+from waveflow.checkpoint import (
+    CHECKSUM_KEY,
+    CheckpointError,
+    load_state,
+    read_checkpoint,
+    verify_weights,
+    weights_digest,
+)
+from waveflow.config import Config, ConfigError, config_from_dict, safe_yaml
 from waveflow.model import WaveGlow
 
 CONFIG_FILE = "config.yaml"
@@ -45,7 +52,8 @@ def save_pretrained(checkpoint: str | Path, folder: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.resolve().parent))
     try:
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "waveflow"})
+        metadata = {"format": "waveflow", CHECKSUM_KEY: weights_digest(weights)}
+        save_file(weights, str(tmp / WEIGHTS_FILE), metadata=metadata)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
         for path in tmp.iterdir():
             os.chmod(path, 0o644)
@@ -77,6 +85,7 @@ def resolve(path_or_repo_id: str | Path) -> Path:
 def load_pretrained(path_or_repo_id: str | Path) -> tuple[WaveGlow, Config, dict[str, Any]]:
     """``(model in eval mode on CPU, its Config, its model card)`` from a pretrained folder or repo id."""
     import yaml
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     folder = resolve(path_or_repo_id)
@@ -84,15 +93,33 @@ def load_pretrained(path_or_repo_id: str | Path) -> tuple[WaveGlow, Config, dict
         if not (folder / name).is_file():
             raise ValueError(f"{folder}: no {name}; a pretrained folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
-        cfg = config_from_dict(yaml.safe_load((folder / CONFIG_FILE).read_text()))
+        config_path = folder / CONFIG_FILE
+        cfg = config_from_dict(safe_yaml(config_path.read_text(), str(config_path)))
     except (ConfigError, yaml.YAMLError) as exc:
         raise ValueError(f"{folder / CONFIG_FILE}: not a waveflow config ({exc})") from None
+    card = read_card(folder / CARD_FILE)
     try:
         state = load_file(str(folder / WEIGHTS_FILE))
+        with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as handle:
+            metadata = handle.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise CheckpointError(f"{folder / WEIGHTS_FILE}: unreadable safetensors file ({exc})") from None
+    if CHECKSUM_KEY in metadata:  # folders written before checksums load as they did
+        verify_weights(state, metadata[CHECKSUM_KEY], folder / WEIGHTS_FILE)
     model = WaveGlow(cfg.model, cfg.mel)
     load_state(model, state, folder / WEIGHTS_FILE)
-    card_path = folder / CARD_FILE
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     return model.eval(), cfg, card
+
+
+def read_card(path: Path) -> dict[str, Any]:
+    """The model card (a JSON object), {} when there is none; one line naming the file when it
+    is not valid JSON or not an object."""
+    if not path.is_file():
+        return {}
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(card, dict):
+        raise ValueError(f"{path}: holds a JSON {type(card).__name__}, expected an object (the model card)")
+    return card

@@ -29,9 +29,21 @@ import torch
 from waveflow.limiter import soft_limit
 from waveflow.melcorrect import check_iterations
 from waveflow.postfilter import check_strength
-from waveflow.vocoder import MelLike, Vocoder, check_mel, receptive_field_frames, warn_mel_scale
+from waveflow.vocoder import (
+    MelLike,
+    Vocoder,
+    check_mel,
+    check_seed,
+    check_sigma,
+    receptive_field_frames,
+    warn_mel_scale,
+)
 
 MAX_DEFAULT_LOOKAHEAD = 16  # frames (186 ms at 22050 Hz, hop 256): caps the latency of deep models
+# `waveflow synthesize` sends mels longer than this (about 95 s at 22050 Hz, hop 256) through
+# ``synthesize_long``: chunk by chunk, so that memory stays flat however long the mel is.
+LONG_MEL_FRAMES = 8192
+LONG_MEL_CHUNK = 512
 
 
 def default_lookahead(vocoder: Vocoder) -> int:
@@ -70,9 +82,8 @@ class StreamingVocoder:
         self.vocoder = vocoder
         self.limit = bool(limit)
         self.check_input = check_input
-        self.sigma = vocoder.sigma if sigma is None else sigma
-        if self.sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {self.sigma}")
+        self.sigma = check_sigma(vocoder.sigma if sigma is None else sigma)
+        check_seed(seed)
         self.postfilter = check_strength(vocoder.postfilter_strength if postfilter is None else postfilter)
         self.mel_correction = check_iterations(
             vocoder.mel_correction_iterations if mel_correction is None else mel_correction
@@ -266,6 +277,45 @@ class StreamingVocoder:
             if len(audio):
                 yield audio
         yield self.flush()
+
+
+def synthesize_long(
+    vocoder: Vocoder,
+    mel: MelLike,
+    sigma: float | None = None,
+    seed: int | None = None,
+    postfilter: float | None = None,
+    mel_correction: int | None = None,
+    chunk_frames: int | None = None,
+    check_input: bool = True,
+    limit: bool = True,
+) -> np.ndarray:
+    """Audio ``(frames * hop,)`` float32 of one mel ``(n_mels, frames)`` of any length, through
+    ``StreamingVocoder`` in chunks of ``chunk_frames``: the working memory is that of one chunk
+    (the output array aside), where one offline pass grows with the length. Equal to the stream's
+    output with those chunks (default ``LONG_MEL_CHUNK``); close to ``vocoder(mel)`` (see the
+    module docstring). ``check_input`` and ``limit`` as ``StreamingVocoder`` takes them."""
+    checked = check_mel(mel, vocoder.n_mels, name="mel")
+    if checked.shape[0] != 1:
+        raise ValueError(f"mel: shape {tuple(checked.shape)}; expected one mel ({vocoder.n_mels}, frames)")
+    frames = checked.shape[2]
+    chunk_frames = LONG_MEL_CHUNK if chunk_frames is None else chunk_frames
+    stream = StreamingVocoder(
+        vocoder,
+        sigma=sigma,
+        seed=seed,
+        postfilter=postfilter,
+        mel_correction=mel_correction,
+        check_input=check_input,
+        limit=limit,
+    )
+    audio = np.zeros(frames * vocoder.hop_length, dtype=np.float32)
+    at = 0
+    for k in range(0, frames + chunk_frames, chunk_frames):  # the last round flushes
+        piece = stream.push(checked[0, :, k : k + chunk_frames]) if k < frames else stream.flush()
+        audio[at : at + piece.numel()] = piece.numpy()
+        at += piece.numel()
+    return audio
 
 
 def snr_db(reference: np.ndarray | torch.Tensor, estimate: np.ndarray | torch.Tensor) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -45,10 +46,24 @@ def load_mel_file(path: str | Path) -> np.ndarray:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SynthesisError(f"{path}: cannot read mel ({reason})") from None
     if torch.is_tensor(data):
-        data = data.detach().float().numpy()
+        data = _dense_real(data, path).detach().float().numpy()
     if not isinstance(data, np.ndarray):
         raise SynthesisError(f"{path}: holds a {type(data).__name__}, expected an array (n_mels, frames)")
     return data
+
+
+def _dense_real(tensor: torch.Tensor, path: Path) -> torch.Tensor:
+    """The tensor if it is a plain real one, as ``.npy`` mels must be; else one line saying why not."""
+    expected = "expected a dense float tensor (n_mels, frames)"
+    if tensor.layout != torch.strided:
+        raise SynthesisError(f"{path}: a {str(tensor.layout).replace('torch.', '')} tensor; {expected}")
+    if tensor.device.type == "meta":
+        raise SynthesisError(f"{path}: a meta tensor (a shape without values); {expected}")
+    if tensor.is_quantized:
+        raise SynthesisError(f"{path}: a quantized tensor ({tensor.dtype}); {expected}")
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise SynthesisError(f"{path}: dtype {tensor.dtype}; {expected}")
+    return tensor
 
 
 def save_mel_file(path: str | Path, mel: np.ndarray) -> None:
@@ -93,11 +108,12 @@ def plan(inp: Path, out: Path) -> list[tuple[Path, Path]]:
             raise SynthesisError(f"{out}: the input is a folder, so the output must be a folder, not a .wav")
         if out.exists() and not out.is_dir():
             raise SynthesisError(f"{out}: exists and is not a folder")
+        pairs = [(p, out / f"{p.stem}.wav") for p in mels]
+        _check_collisions(pairs)
         if not out.exists():
             if not out.parent.is_dir():
                 raise SynthesisError(f"{out}: cannot create output folder, {out.parent} does not exist")
             out.mkdir()
-        pairs = [(p, out / f"{p.stem}.wav") for p in mels]
     else:
         target = out / f"{inp.stem}.wav" if out.is_dir() else out
         if target.suffix != ".wav":
@@ -106,6 +122,19 @@ def plan(inp: Path, out: Path) -> list[tuple[Path, Path]]:
     for _, wav in pairs:
         _check_writable(wav)
     return pairs
+
+
+def _check_collisions(pairs: list[tuple[Path, Path]]) -> None:
+    """Two mels that would write one wav (``a.npy`` and ``a.pt``): refused before anything is
+    written, or one output would silently replace the other."""
+    seen: dict[Path, Path] = {}
+    for mel, wav in pairs:
+        if wav in seen:
+            raise SynthesisError(
+                f"{mel.parent}: {seen[wav].name} and {mel.name} would both be written to {wav}; "
+                "rename or move one of them"
+            )
+        seen[wav] = mel
 
 
 # ------------------------------------------------------------------------ CLI
@@ -122,6 +151,10 @@ def run(args: argparse.Namespace) -> None:
         raise SynthesisError(f"--postfilter must be in [0, 1] (0: off), got {args.postfilter}")
     if args.mel_correction is not None and args.mel_correction < 0:
         raise SynthesisError(f"--mel-correction must be an integer >= 0 (0: off), got {args.mel_correction}")
+    if not (math.isfinite(args.denoise) and args.denoise >= 0):
+        raise SynthesisError(f"--denoise must be a finite number >= 0 (0: off), got {args.denoise}")
+    if args.sigma is not None and not (math.isfinite(args.sigma) and args.sigma >= 0):
+        raise SynthesisError(f"--sigma must be a finite number >= 0, got {args.sigma}")
     pairs = plan(Path(args.input), Path(args.output))
     if args.reference:  # before anything is written: a missing extra or file must not cost the output
         from waveflow.evaluate import _need
@@ -142,16 +175,7 @@ def run(args: argparse.Namespace) -> None:
             if args.stream:
                 outs = [_stream(voc, mels[i], args) for i in idx]
             else:
-                outs = voc(
-                    [mels[i] for i in idx],
-                    sigma=args.sigma,
-                    seed=args.seed,
-                    denoise=args.denoise,
-                    postfilter=args.postfilter,
-                    mel_correction=args.mel_correction,
-                    check_input=False,  # judged above, per file
-                    limit=not args.no_limiter,
-                )
+                outs = _offline(voc, [mels[i] for i in idx], args)
             for i, audio in zip(idx, outs, strict=False):
                 save_wav(pairs[i][1], audio, voc.sample_rate)
                 seconds += len(audio) / voc.sample_rate
@@ -189,6 +213,34 @@ def _check_mels(voc, pairs: list[tuple[Path, Path]], mels: list[np.ndarray], arg
             if not args.force:
                 raise SynthesisError(f"{path}: {problem} (--force synthesizes it anyway)")
             log.warning("%s: %s (synthesized anyway: --force)", path, problem)
+
+
+def _offline(voc, mels: list[np.ndarray], args: argparse.Namespace) -> list[np.ndarray]:
+    """One padded batch for the mels of ordinary length; a mel longer than ``LONG_MEL_FRAMES``
+    goes chunk by chunk (``synthesize_long``), so that an hour of mel needs no more memory than
+    a minute (besides its output)."""
+    from waveflow.limiter import soft_limit
+    from waveflow.streaming import LONG_MEL_FRAMES, synthesize_long
+
+    options = dict(sigma=args.sigma, seed=args.seed, postfilter=args.postfilter, mel_correction=args.mel_correction)
+    options["check_input"] = False  # judged above, per file
+    limit = not args.no_limiter
+    outs: list[np.ndarray | None] = [None] * len(mels)
+    short = [i for i, mel in enumerate(mels) if mel.shape[1] <= LONG_MEL_FRAMES]
+    if short:
+        batch = voc([mels[i] for i in short], denoise=args.denoise, limit=limit, **options)
+        for i, audio in zip(short, batch, strict=True):
+            outs[i] = audio
+    for i, mel in enumerate(mels):
+        if outs[i] is None:
+            log.info(f"{mel.shape[1]} frames: synthesized chunk by chunk, as a stream (flat memory)")
+            # the limiter comes last, after the denoiser, as in Vocoder (it is memoryless)
+            audio = synthesize_long(voc, mel, limit=limit and not args.denoise, **options)
+            if args.denoise > 0:
+                audio = voc.denoiser(torch.from_numpy(audio)[None], args.denoise)[0]
+                audio = (soft_limit(audio) if limit else audio).numpy()
+            outs[i] = audio
+    return outs
 
 
 def _stream(voc, mel: np.ndarray, args: argparse.Namespace) -> np.ndarray:
@@ -238,6 +290,8 @@ def run_mel(args: argparse.Namespace) -> None:
         raise SynthesisError(f"{out}: unknown mel file type {out.suffix!r}; expected .npy or .pt")
     _check_writable(out)
     audio = torch.from_numpy(load_wav(args.wav, cfg.sample_rate))
+    if not torch.isfinite(audio).all():
+        raise SynthesisError(f"{args.wav}: holds NaN or Inf samples; expected finite audio in [-1, 1]")
     mel = MelSpectrogram(cfg)(audio).numpy()
     save_mel_file(out, mel)
     print(f"wrote {out}: mel {mel.shape} of {args.wav} ({audio.numel() / cfg.sample_rate:.2f} s)")

@@ -73,6 +73,31 @@ def receptive_field_frames(model: WaveGlow) -> int:
     return math.ceil(steps * cfg.n_group / cfg.hop_length)
 
 
+def check_sigma(sigma: float) -> float:
+    """The noise's std as a float, or a ValueError: NaN or Inf would give NaN audio."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.integer, np.floating)):
+        raise ValueError(f"sigma must be a number, got {type(sigma).__name__}")
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
+    return float(sigma)
+
+
+def check_seed(seed: int | None) -> int | None:
+    """None or an integer seed, or a ValueError (1.5 would be truncated to another seed)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ValueError(f"seed must be an integer (or None), got {seed!r}")
+    return seed
+
+
+def check_denoise(strength: float) -> float:
+    """A denoiser strength as a float, or a ValueError (a negative or NaN one used to mean 'off')."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float, np.integer, np.floating)):
+        raise ValueError(f"denoise strength must be a number >= 0 (0: off), got {type(strength).__name__}")
+    if not (math.isfinite(strength) and strength >= 0):
+        raise ValueError(f"denoise strength must be a finite number >= 0 (0: off), got {strength}")
+    return float(strength)
+
+
 def check_mel(
     mel: MelLike,
     n_mels: int,
@@ -430,7 +455,8 @@ class Vocoder:
         log-mel of the convention (linear, power, dB, log10, frames out of range), naming what
         was given and how to convert it; False skips the check.
         """
-        sigma = self.sigma if sigma is None else sigma
+        sigma = check_sigma(self.sigma if sigma is None else sigma)
+        seed, denoise = check_seed(seed), check_denoise(denoise)
         postfilter = check_strength(self.postfilter_strength if postfilter is None else postfilter)
         mel_correction = check_iterations(self.mel_correction_iterations if mel_correction is None else mel_correction)
         options = (sigma, seed, generator, denoise, postfilter, mel_correction, bool(limit))
