@@ -6,6 +6,7 @@ itself (4 bytes a sample) is printed beside it, since that part must grow.
 
     python scripts/long_mel_memory.py --minutes 10 60
     python scripts/long_mel_memory.py --minutes 10 --one-pass    # the single pass, for comparison
+    python scripts/long_mel_memory.py --minutes 10 60 --mel-correction 0 --postfilter 0  # options of synthesize
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO.parent / "shared" / "data" / "LJSpeech-1.1-mini" / "wavs" / "LJ001-0001.wav"
 
 
-def child(minutes: float, one_pass: bool, device: str) -> None:
+def child(minutes: float, one_pass: bool, device: str, extra: list[str]) -> None:
     import numpy as np
 
     import waveflow.streaming as streaming
@@ -42,7 +43,8 @@ def child(minutes: float, one_pass: bool, device: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "mel.npy", mel)
         start = time.perf_counter()
-        code = main(["synthesize", str(Path(tmp) / "mel.npy"), "-o", str(Path(tmp) / "out.wav"), "--device", device])
+        args = ["synthesize", str(Path(tmp) / "mel.npy"), "-o", str(Path(tmp) / "out.wav"), "--device", device]
+        code = main([*args, *extra])
         seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
@@ -50,6 +52,7 @@ def child(minutes: float, one_pass: bool, device: str) -> None:
             {
                 "minutes": minutes,
                 "path": "one pass" if one_pass else "default (chunked above the threshold)",
+                "options": " ".join(extra) or "the checkpoint's",
                 "exit": code,
                 "peak_rss_mb": round(peak_mb),
                 "output_mb": round(frames * hop * 4 / 2**20),
@@ -66,12 +69,12 @@ def main() -> None:
     p.add_argument("--one-pass", action="store_true", help="force the single offline pass (the old path)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--child", type=float, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args, extra = p.parse_known_args()  # the rest goes to waveflow synthesize, e.g. --mel-correction 0
     if args.child is not None:
-        child(args.child, args.one_pass, args.device)
+        child(args.child, args.one_pass, args.device, extra)
         return
     for minutes in args.minutes:
-        cmd = [sys.executable, __file__, "--child", str(minutes), "--device", args.device]
+        cmd = [sys.executable, __file__, "--child", str(minutes), "--device", args.device, *extra]
         subprocess.run(cmd + (["--one-pass"] if args.one_pass else []), check=False)
 
 
