@@ -108,7 +108,9 @@ def starting_checkpoint(source: str | None, work: Path) -> Path:
     return target
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int:
+    """``waveflow finetune``; returns the exit code (``waveflow train``'s: 128 + the signal when one
+    stopped the run, after its checkpoint and this folder's model)."""
     from waveflow import train
     from waveflow.checkpoint import checkpoint_config, read_checkpoint
     from waveflow.data import prepare
@@ -151,7 +153,7 @@ def run(args: argparse.Namespace) -> None:
         no_progress=args.no_progress,
     )
     try:
-        train.run(train_args)
+        code = train.run(train_args)
     except BaseException:
         if not args.resume and not (run_dir / "checkpoints").is_dir():
             shutil.rmtree(out, ignore_errors=True)  # nothing trained yet: leave no folder that blocks a retry
@@ -163,3 +165,4 @@ def run(args: argparse.Namespace) -> None:
     print(f"wrote {model_dir}: the best checkpoint (lowest dev NLL) as a pretrained folder; use it with")
     print(f"  waveflow synthesize MEL -o OUT.wav --checkpoint {model_dir}")
     print(f"  Vocoder.from_pretrained({str(model_dir)!r})")
+    return code
