@@ -166,6 +166,16 @@ def test_streaming_with_source_equals_offline(chunk):
     assert snr_db(offline, streamed) > 80
 
 
+def test_streaming_with_source_at_the_default_context_is_exact():
+    """Default look-ahead and look-back: 127 dB measured (float rounding of the LP filter and the
+    phase), one frame less of look-back 92 dB."""
+    cfg = make_config("tiny", {"model": {"lpc_order": 24, "pulse_source": True}})
+    voc = Vocoder(source_model(lpc_order=24), cfg)
+    mel = MelSpectrogram()(harmonic(160.0, 0.6))
+    streamed, _ = stream_all(StreamingVocoder(voc, seed=3), mel, 5)
+    assert snr_db(voc(mel, seed=3), streamed) > 110
+
+
 def test_padded_batch_with_source_equals_one_by_one():
     cfg = make_config("tiny", {"model": {"lpc_order": 24, "pulse_source": True}})
     voc = Vocoder(source_model(lpc_order=24), cfg)
