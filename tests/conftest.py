@@ -116,6 +116,13 @@ def pytest_report_header(config):
     return f"test order: shuffled with seed {seed} (replay: WAVEFLOW_TEST_SEED={seed})"
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    # also under -q, which hides the header: a failing order must be replayable from the log
+    seed = config._waveflow_order_seed
+    if seed is not None:
+        terminalreporter.write_line(f"test order: shuffled with seed {seed} (replay: WAVEFLOW_TEST_SEED={seed})")
+
+
 def pytest_collection_modifyitems(config, items):
     seed = config._waveflow_order_seed
     if seed is None:
