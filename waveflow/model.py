@@ -67,16 +67,7 @@ class WaveGlow(nn.Module):
             self.pitch = MelPitch(mel.n_mels, mel.sample_rate, mel.n_fft, mel.f_min, mel.f_max, cfg.pitch_tracker)
         self.source: PulseSource | None = None
         if cfg.pulse_source:
-            self.source = PulseSource(
-                mel.n_mels,
-                mel.sample_rate,
-                mel.n_fft,
-                mel.hop_length,
-                mel.f_min,
-                mel.f_max,
-                frame_offset,
-                tracker=cfg.pitch_tracker,
-            )
+            self.source = PulseSource.for_mel(mel, cfg.pitch_tracker)
         inputs = cfg.cond_inputs
         self.upsample = nn.ConvTranspose1d(inputs, inputs, cfg.upsample_kernel, stride=cfg.upsample_stride)
         cond_channels = cfg.cond_channels

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from waveflow.audio import sample_frames
+from waveflow.config import MelConfig
 from waveflow.pitch import MelPitch, period_voicing
 
 CHANNELS = 3  # bump, cos, sin
@@ -63,6 +64,20 @@ class PulseSource(nn.Module):
         self.sample_rate = sample_rate
         self.hop_length = hop_length
         self.frame_offset = frame_offset
+
+    @classmethod
+    def for_mel(cls, mel: MelConfig, tracker: str = "comb") -> PulseSource:
+        """The pulse source for a mel convention, reading the pitch with ``tracker`` (the model's)."""
+        return cls(
+            mel.n_mels,
+            mel.sample_rate,
+            mel.n_fft,
+            mel.hop_length,
+            mel.f_min,
+            mel.f_max,
+            mel.frame_offset,
+            tracker=tracker,
+        )
 
     def forward(
         self,
