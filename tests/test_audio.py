@@ -166,3 +166,40 @@ def test_save_wav_writes_beside_the_target_then_renames(tmp_path, monkeypatch):
         save_wav(path, old)
     np.testing.assert_allclose(sf.read(path, dtype="float32")[0], new, atol=1 / 32768)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]
+
+
+def test_save_wav_pieces_writes_the_bytes_of_one_whole_write_and_loses_nothing_on_failure(tmp_path):
+    """Pieces of any size (tensors, arrays, empty ones) make the very file that soundfile writes for
+    the whole audio (header sizes patched at the end); a NaN in a late piece or an error from the
+    iterator leaves the previous file and no temp file."""
+    import io
+    import itertools
+
+    from waveflow.audio import save_wav_pieces
+
+    rng = np.random.default_rng(5)
+    audio = rng.uniform(-1.3, 1.3, 20_001).astype(np.float32)  # past full scale too: clipped alike
+    whole = io.BytesIO()
+    sf.write(whole, np.clip(audio, -1, 32767 / 32768), 16000, subtype="PCM_16", format="WAV")
+    cuts = [0, 1, 1, 777, 5000, 20_001]
+    pieces = [audio[a:b] for a, b in itertools.pairwise(cuts)]
+    path = tmp_path / "out.wav"
+    assert save_wav_pieces(path, [torch.from_numpy(p) if i % 2 else p for i, p in enumerate(pieces)], 16000) == 20_001
+    assert path.read_bytes() == whole.getvalue()
+    save_wav(tmp_path / "whole.wav", audio, 16000)
+    assert (tmp_path / "whole.wav").read_bytes() == whole.getvalue()
+
+    def late_nan():
+        yield audio[:100]
+        yield np.array([0.0, np.nan], np.float32)
+
+    def failing():
+        yield audio[:100]
+        raise RuntimeError("synthesis failed")
+
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        save_wav_pieces(path, late_nan(), 16000)
+    with pytest.raises(RuntimeError, match="synthesis failed"):
+        save_wav_pieces(path, failing(), 16000)
+    assert path.read_bytes() == whole.getvalue()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav", "whole.wav"]

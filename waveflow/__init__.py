@@ -11,6 +11,7 @@ _EXPORTS = {
     "MelSpectrogram": "audio",
     "load_wav": "audio",
     "save_wav": "audio",
+    "save_wav_pieces": "audio",
     "Config": "config",
     "ConfigError": "config",
     "MelConfig": "config",
@@ -23,6 +24,7 @@ _EXPORTS = {
     "flow_nll": "loss",
     "WaveGlow": "model",
     "StreamingVocoder": "streaming",
+    "synthesize_long": "streaming",
     "Vocoder": "vocoder",
 }
 
@@ -54,4 +56,6 @@ __all__ = [
     "make_config",
     "model_preset",
     "save_wav",
+    "save_wav_pieces",
+    "synthesize_long",
 ]

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -195,21 +197,53 @@ def save_wav(path: str | Path, audio: np.ndarray | torch.Tensor, sample_rate: in
 
     Nothing is left at ``path`` if writing fails.
     """
+    save_wav_pieces(path, [audio], sample_rate)
+
+
+# A RIFF chunk size is 32 bits: 16-bit mono holds 2**31 - 23 samples (27 h at 22050 Hz).
+WAV_MAX_SAMPLES = (2**32 - 1 - 36) // 2
+
+
+def save_wav_pieces(path: str | Path, pieces: Iterable[np.ndarray | torch.Tensor], sample_rate: int = 22050) -> int:
+    """Write consecutive pieces of audio as one 16-bit PCM mono wav, atomically, holding one
+    piece at a time in memory (an hour of audio streams to disk as it is synthesized).
+
+    The bytes equal ``soundfile``'s 16-bit WAV of the whole audio: samples clipped to
+    [-1, 32767/32768], a 44-byte header whose sizes are filled in at the end. A piece with NaN
+    or Inf, an error from the iterator or a full disk leaves nothing at ``path`` (the previous
+    file, if any, is intact). Returns the number of samples written.
+    """
     import soundfile as sf
 
-    if torch.is_tensor(audio):
-        audio = audio.detach().float().cpu().numpy()
-    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-    if not np.all(np.isfinite(audio)):
-        raise ValueError(f"{path}: refusing to write audio that contains NaN or Inf")
-    audio = np.clip(audio, -1.0, 32767.0 / 32768.0)
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise ValueError(f"{path}: output folder {directory} does not exist")
-    # Encode in memory, then write the bytes in one call: an out-of-space error then reaches
-    # atomic_open as such, instead of surfacing inside soundfile's I/O callbacks.
-    buffer = io.BytesIO()
-    sf.write(buffer, audio, sample_rate, subtype="PCM_16", format="WAV")
+    samples = 0
     with atomic_open(path) as handle:
-        handle.write(buffer.getbuffer())
+        handle.write(_wav_header(0, sample_rate))
+        for piece in pieces:
+            if torch.is_tensor(piece):
+                piece = piece.detach().float().cpu().numpy()
+            piece = np.asarray(piece, dtype=np.float32).reshape(-1)
+            if not np.all(np.isfinite(piece)):
+                raise ValueError(f"{path}: refusing to write audio that contains NaN or Inf")
+            samples += piece.size
+            if samples > WAV_MAX_SAMPLES:
+                raise ValueError(f"{path}: {samples} samples do not fit a wav file (at most {WAV_MAX_SAMPLES})")
+            # libsndfile's own float -> int16 conversion, so the bytes equal sf.write's; encoded
+            # in memory and written in one call, so that an out-of-space error reaches
+            # atomic_open as such instead of surfacing inside soundfile's I/O callbacks
+            raw = io.BytesIO()
+            sf.write(raw, np.clip(piece, -1.0, 32767.0 / 32768.0), sample_rate, subtype="PCM_16", format="RAW")
+            handle.write(raw.getbuffer())
+        handle.seek(0)
+        handle.write(_wav_header(samples, sample_rate))
+    return samples
+
+
+def _wav_header(samples: int, sample_rate: int) -> bytes:
+    """The 44-byte RIFF/WAVE header of ``samples`` 16-bit mono samples."""
+    data = 2 * samples
+    fmt = struct.pack("<HHIIHH", 1, 1, sample_rate, 2 * sample_rate, 2, 16)  # PCM, mono, 16-bit
+    return struct.pack("<4sI4s4sI", b"RIFF", 36 + data, b"WAVE", b"fmt ", 16) + fmt + struct.pack("<4sI", b"data", data)

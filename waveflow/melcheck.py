@@ -59,7 +59,7 @@ def diagnose(mel: torch.Tensor, clamp_min: float = 1e-5) -> str | None:
         return _linear(values, lo, hi, floor)
     if lo >= floor - BELOW_FLOOR and hi <= HIGHEST:
         frames = mel.shape[-1]
-        median = float(values.median())
+        median = float(_sample(values).median())  # a sample: the median of an hour would copy it
         log10_floor = floor / math.log(10)
         if frames >= MIN_FRAMES_FOR_STATS and lo >= log10_floor - 0.01 and hi <= 1.5 and median > -3.5:
             return (

@@ -40,9 +40,9 @@ from waveflow.vocoder import (
 )
 
 MAX_DEFAULT_LOOKAHEAD = 16  # frames (186 ms at 22050 Hz, hop 256): caps the latency of deep models
-# `waveflow synthesize` sends mels longer than this (about 95 s at 22050 Hz, hop 256) through
-# ``synthesize_long``: chunk by chunk, so that memory stays flat however long the mel is.
-LONG_MEL_FRAMES = 8192
+# `waveflow synthesize` sends mels longer than ``waveflow.vocoder.LONG_MEL_FRAMES`` (about 95 s
+# at 22050 Hz, hop 256) through ``synthesize_long``, in chunks of this many frames, so that
+# memory stays flat however long the mel is.
 LONG_MEL_CHUNK = 512
 
 
@@ -294,12 +294,37 @@ def synthesize_long(
     ``StreamingVocoder`` in chunks of ``chunk_frames``: the working memory is that of one chunk
     (the output array aside), where one offline pass grows with the length. Equal to the stream's
     output with those chunks (default ``LONG_MEL_CHUNK``); close to ``vocoder(mel)`` (see the
-    module docstring). ``check_input`` and ``limit`` as ``StreamingVocoder`` takes them."""
+    module docstring). ``check_input`` and ``limit`` as ``StreamingVocoder`` takes them.
+    ``iter_long`` yields the same audio piece by piece, for writing it as it comes."""
+    pieces = iter_long(vocoder, mel, sigma, seed, postfilter, mel_correction, chunk_frames, check_input, limit)
+    audio = np.zeros(mel.shape[-1] * vocoder.hop_length, dtype=np.float32)  # mel checked by iter_long
+    at = 0
+    for piece in pieces:
+        audio[at : at + piece.size] = piece
+        at += piece.size
+    return audio
+
+
+def iter_long(
+    vocoder: Vocoder,
+    mel: MelLike,
+    sigma: float | None = None,
+    seed: int | None = None,
+    postfilter: float | None = None,
+    mel_correction: int | None = None,
+    chunk_frames: int | None = None,
+    check_input: bool = True,
+    limit: bool = True,
+) -> Iterator[np.ndarray]:
+    """``synthesize_long`` piece by piece: float32 audio pieces whose concatenation is
+    ``synthesize_long``'s output, for ``waveflow.audio.save_wav_pieces`` to write as they come.
+    The mel and the options are checked here, before the first piece is asked for."""
     checked = check_mel(mel, vocoder.n_mels, name="mel")
     if checked.shape[0] != 1:
         raise ValueError(f"mel: shape {tuple(checked.shape)}; expected one mel ({vocoder.n_mels}, frames)")
-    frames = checked.shape[2]
     chunk_frames = LONG_MEL_CHUNK if chunk_frames is None else chunk_frames
+    if not (isinstance(chunk_frames, int) and chunk_frames >= 1):
+        raise ValueError(f"chunk_frames must be an integer >= 1, got {chunk_frames!r}")
     stream = StreamingVocoder(
         vocoder,
         sigma=sigma,
@@ -309,13 +334,15 @@ def synthesize_long(
         check_input=check_input,
         limit=limit,
     )
-    audio = np.zeros(frames * vocoder.hop_length, dtype=np.float32)
-    at = 0
+    return _pieces(stream, checked[0], chunk_frames)
+
+
+def _pieces(stream: StreamingVocoder, mel: torch.Tensor, chunk_frames: int) -> Iterator[np.ndarray]:
+    frames = mel.shape[1]
     for k in range(0, frames + chunk_frames, chunk_frames):  # the last round flushes
-        piece = stream.push(checked[0, :, k : k + chunk_frames]) if k < frames else stream.flush()
-        audio[at : at + piece.numel()] = piece.numpy()
-        at += piece.numel()
-    return audio
+        piece = stream.push(mel[:, k : k + chunk_frames]) if k < frames else stream.flush()
+        if piece.numel():
+            yield piece.numpy()
 
 
 def snr_db(reference: np.ndarray | torch.Tensor, estimate: np.ndarray | torch.Tensor) -> float:

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,7 @@ def _check_collisions(pairs: list[tuple[Path, Path]]) -> None:
 def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from waveflow.audio import save_wav
+    from waveflow.audio import save_wav_pieces
 
     if args.batch_size < 1:
         raise SynthesisError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -176,9 +177,8 @@ def run(args: argparse.Namespace) -> None:
                 outs = [_stream(voc, mels[i], args) for i in idx]
             else:
                 outs = _offline(voc, [mels[i] for i in idx], args)
-            for i, audio in zip(idx, outs, strict=False):
-                save_wav(pairs[i][1], audio, voc.sample_rate)
-                seconds += len(audio) / voc.sample_rate
+            for i, pieces in zip(idx, outs, strict=False):  # written as they come: flat memory
+                seconds += save_wav_pieces(pairs[i][1], pieces, voc.sample_rate) / voc.sample_rate
             bar.update(len(idx))
     finally:
         bar.close()
@@ -215,35 +215,34 @@ def _check_mels(voc, pairs: list[tuple[Path, Path]], mels: list[np.ndarray], arg
             log.warning("%s: %s (synthesized anyway: --force)", path, problem)
 
 
-def _offline(voc, mels: list[np.ndarray], args: argparse.Namespace) -> list[np.ndarray]:
-    """One padded batch for the mels of ordinary length; a mel longer than ``LONG_MEL_FRAMES``
-    goes chunk by chunk (``synthesize_long``), so that an hour of mel needs no more memory than
-    a minute (besides its output)."""
-    from waveflow.limiter import soft_limit
-    from waveflow.streaming import LONG_MEL_FRAMES, synthesize_long
+def _offline(voc, mels: list[np.ndarray], args: argparse.Namespace) -> list[Iterable[np.ndarray]]:
+    """The audio of each mel as pieces to write one after another: one padded batch for the mels
+    of ordinary length; a mel longer than ``LONG_MEL_FRAMES`` goes chunk by chunk
+    (``iter_long``) and is written as it is synthesized, so that an hour of mel needs no more
+    memory than a minute. With ``--denoise`` a long mel's audio is held whole (the denoiser
+    takes the clip's spectrum at once)."""
+    from waveflow.streaming import iter_long
+    from waveflow.vocoder import LONG_MEL_FRAMES
 
     options = dict(sigma=args.sigma, seed=args.seed, postfilter=args.postfilter, mel_correction=args.mel_correction)
     options["check_input"] = False  # judged above, per file
     limit = not args.no_limiter
-    outs: list[np.ndarray | None] = [None] * len(mels)
+    outs: list[Iterable[np.ndarray] | None] = [None] * len(mels)
     short = [i for i, mel in enumerate(mels) if mel.shape[1] <= LONG_MEL_FRAMES]
     if short:
         batch = voc([mels[i] for i in short], denoise=args.denoise, limit=limit, **options)
         for i, audio in zip(short, batch, strict=True):
-            outs[i] = audio
+            outs[i] = [audio]
     for i, mel in enumerate(mels):
         if outs[i] is None:
             log.info(f"{mel.shape[1]} frames: synthesized chunk by chunk, as a stream (flat memory)")
-            # the limiter comes last, after the denoiser, as in Vocoder (it is memoryless)
-            audio = synthesize_long(voc, mel, limit=limit and not args.denoise, **options)
-            if args.denoise > 0:
-                audio = voc.denoiser(torch.from_numpy(audio)[None], args.denoise)[0]
-                audio = (soft_limit(audio) if limit else audio).numpy()
-            outs[i] = audio
+            pieces = iter_long(voc, mel, limit=limit and not args.denoise, **options)
+            outs[i] = _denoised(voc, pieces, args.denoise, limit) if args.denoise > 0 else pieces
     return outs
 
 
-def _stream(voc, mel: np.ndarray, args: argparse.Namespace) -> np.ndarray:
+def _stream(voc, mel: np.ndarray, args: argparse.Namespace) -> Iterable[np.ndarray]:
+    """The stream's audio pieces, to be written as they come (whole, with ``--denoise``)."""
     from waveflow.streaming import StreamingVocoder
 
     stream = StreamingVocoder(
@@ -253,18 +252,28 @@ def _stream(voc, mel: np.ndarray, args: argparse.Namespace) -> np.ndarray:
         postfilter=args.postfilter,
         mel_correction=args.mel_correction,
         check_input=False,  # judged per file before synthesis
-        limit=not args.no_limiter,
+        limit=not args.no_limiter and not args.denoise,
     )
-    pieces = [stream.push(mel[:, i : i + args.chunk_frames]) for i in range(0, mel.shape[1], args.chunk_frames)]
-    pieces.append(stream.flush())
-    print(
-        f"streamed {mel.shape[1]} frames in chunks of {args.chunk_frames}: look-ahead {stream.latency_ms:.0f} ms, "
-        f"real-time factor {stream.rtf:.2f}"
-    )
-    audio = np.concatenate(pieces)  # numpy in, numpy out
-    if args.denoise > 0:
-        audio = voc.denoiser(torch.from_numpy(audio)[None], args.denoise)[0].numpy()
-    return audio
+
+    def pieces() -> Iterator[np.ndarray]:
+        for i in range(0, mel.shape[1], args.chunk_frames):
+            yield stream.push(mel[:, i : i + args.chunk_frames])
+        yield stream.flush()
+        print(
+            f"streamed {mel.shape[1]} frames in chunks of {args.chunk_frames}: "
+            f"look-ahead {stream.latency_ms:.0f} ms, real-time factor {stream.rtf:.2f}"
+        )
+
+    return _denoised(voc, pieces(), args.denoise, not args.no_limiter) if args.denoise > 0 else pieces()
+
+
+def _denoised(voc, pieces: Iterable[np.ndarray], strength: float, limit: bool) -> list[np.ndarray]:
+    """The whole audio of ``pieces``, denoised, then limited (the limiter comes last, as in
+    ``Vocoder``; it is memoryless, so leaving it off the stream and applying it here is exact)."""
+    from waveflow.limiter import soft_limit
+
+    audio = voc.denoiser(torch.from_numpy(np.concatenate(list(pieces)))[None], strength)[0]
+    return [(soft_limit(audio) if limit else audio).numpy()]
 
 
 def _compare(voc, reference: str, output: Path) -> None:

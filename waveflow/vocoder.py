@@ -41,6 +41,10 @@ log = logging.getLogger("waveflow")
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "ljspeech_mini.pt"
 NOISE_BLOCK = 4096  # group-steps per independently seeded block of noise
 DEFAULT_SEED = 0  # synthesis is deterministic unless a call asks otherwise (as the CLI's --seed 0)
+# Above this many frames (about 95 s at 22050 Hz, hop 256) one offline pass needs memory that
+# grows with the length (about 25 MB a second of audio with the defaults); `waveflow synthesize`
+# then goes chunk by chunk (``waveflow.streaming.synthesize_long``) and ``Vocoder`` warns.
+LONG_MEL_FRAMES = 8192
 
 MelLike = np.ndarray | torch.Tensor
 
@@ -475,6 +479,7 @@ class Vocoder:
                 batch[i, :, f:] = self.silence
         if check_input:
             warn_mel_scale(batch, self.config.mel.clamp_min)
+        _warn_long(batch.shape[2], stacklevel=3)
         out = self._synthesize(batch, frames, *options)
         out = out.cpu().numpy() if isinstance(mel, np.ndarray) else out.to(mel.device)
         return out[0] if mel.ndim == 2 else out
@@ -497,6 +502,7 @@ class Vocoder:
                 warn_mel_scale(m, self.config.mel.clamp_min, name=f"mel {i}", stacklevel=4)
         frames = [m.shape[2] for m in checked]
         longest = max(frames)
+        _warn_long(longest, stacklevel=4)
         batch = torch.full((len(checked), self.n_mels, longest), self.silence)
         for i, m in enumerate(checked):
             batch[i, :, : frames[i]] = m[0].cpu()
@@ -547,6 +553,16 @@ class Vocoder:
 
             self._denoiser = Denoiser(self, mode=self.denoise_mode)
         return self._denoiser
+
+
+def _warn_long(frames: int, stacklevel: int) -> None:
+    if frames > LONG_MEL_FRAMES:
+        warnings.warn(
+            f"a mel of {frames} frames in one pass: its working memory grows with the length; "
+            "waveflow.synthesize_long(vocoder, mel) synthesizes it chunk by chunk in flat memory",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 def _denoise_mode_for(info: dict) -> str:
