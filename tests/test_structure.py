@@ -14,7 +14,7 @@ PACKAGE = REPO / "waveflow"
 
 
 def import_graph() -> dict[str, set[str]]:
-    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
     graph = {}
     for name in modules:
         found = set()
