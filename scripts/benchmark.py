@@ -6,7 +6,7 @@
     python scripts/benchmark.py --devices cuda --precisions fp32,fp16,bf16 --reference ~/waveglow
 
 Every figure is the median of ``--runs`` timed runs after ``--warmup`` untimed ones.
-GFLOP/s counts the model's nominal FLOPs (the network as defined, ``waveflow.cost``), so
+GFLOP/s counts the model's nominal FLOPs (the network as defined, ``waveflow.nn.cost``), so
 it compares directly with the measured fp32 matmul rate printed beside it; waveflow
 executes fewer FLOPs than that (its fused weights), which is why it can exceed what a
 layer-by-layer implementation reaches at the same matmul rate.
@@ -44,12 +44,12 @@ from pathlib import Path
 
 import torch
 
-from waveflow.compose import can_compose
 from waveflow.config import make_config, model_preset
-from waveflow.cost import flops_per_sample
-from waveflow.loss import flow_nll
-from waveflow.model import WaveGlow
-from waveflow.train import make_optimizer
+from waveflow.nn.compose import can_compose
+from waveflow.nn.cost import flops_per_sample
+from waveflow.nn.loss import flow_nll
+from waveflow.nn.model import WaveGlow
+from waveflow.train.trainer import make_optimizer
 
 SAMPLE_RATE = 22050
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -192,7 +192,7 @@ def load_reference(reference_dir: Path):
 def reference_model(glow, model: WaveGlow, device: torch.device, training: bool = False):
     """NVIDIA's WaveGlow holding ``model``'s weights: with weight norm for training, without
     (as NVIDIA's inference does) otherwise."""
-    from waveflow.nvidia import to_nvidia_state_dict
+    from waveflow.interop.nvidia import to_nvidia_state_dict
 
     cfg = model.cfg
     ref = glow.WaveGlow(

@@ -21,7 +21,7 @@ import time
 import torch
 
 from waveflow.config import model_preset
-from waveflow.model import WaveGlow
+from waveflow.nn.model import WaveGlow
 
 SAMPLE_RATE = 22050
 HOP = 256

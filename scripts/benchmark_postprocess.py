@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from waveflow.audio import load_wav
-from waveflow.evaluate import griffin_lim
-from waveflow.vocoder import load_vocoder
+from waveflow.dsp.audio import load_wav
+from waveflow.infer.vocoder import load_vocoder
+from waveflow.train.evaluate import griffin_lim
 
 DEFAULT_WAV = Path(__file__).resolve().parents[1] / "../shared/data/LJSpeech-1.1-mini/wavs/LJ001-0001.wav"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from waveflow.audio import load_wav
-from waveflow.streaming import StreamingVocoder, snr_db
-from waveflow.vocoder import load_vocoder
+from waveflow.dsp.audio import load_wav
+from waveflow.infer.streaming import StreamingVocoder, snr_db
+from waveflow.infer.vocoder import load_vocoder
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO.parent / "shared" / "data" / "LJSpeech-1.1-mini" / "wavs" / "LJ001-0001.wav"

@@ -14,7 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from waveflow.checkpoint import (
+from waveflow.config import with_overrides
+from waveflow.nn.checkpoint import (
     CHECKSUM_KEY,
     FORMAT,
     VERSION,
@@ -23,7 +24,6 @@ from waveflow.checkpoint import (
     read_checkpoint,
     weights_digest,
 )
-from waveflow.config import with_overrides
 
 
 def card(args, data: dict) -> dict:

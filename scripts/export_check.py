@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from waveflow.checkpoint import load_model
-from waveflow.export import example_inputs, export_onnx, export_torchscript
+from waveflow.interop.export import example_inputs, export_onnx, export_torchscript
+from waveflow.nn.checkpoint import load_model
 
 
 def _timed(fn, *args):

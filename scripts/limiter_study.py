@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from waveflow.audio import load_wav
-from waveflow.evaluate import quality
-from waveflow.limiter import KNEE
-from waveflow.vocoder import load_vocoder
+from waveflow.dsp.audio import load_wav
+from waveflow.dsp.limiter import KNEE
+from waveflow.infer.vocoder import load_vocoder
+from waveflow.train.evaluate import quality
 
 HELD_OUT = ("LJ001-0031", "LJ001-0032")  # the clips the bundled model never trained on
 

@@ -29,8 +29,8 @@ def make_mel(minutes: float, path: Path) -> None:
     building it weighs nothing in the measured one)."""
     import numpy as np
 
-    from waveflow.audio import load_wav
-    from waveflow.vocoder import Vocoder
+    from waveflow.dsp.audio import load_wav
+    from waveflow.infer.vocoder import Vocoder
 
     voc = Vocoder.default()
     clip = voc.mel(load_wav(CLIP))
@@ -44,7 +44,7 @@ def make_mel(minutes: float, path: Path) -> None:
 def child(mel_path: Path, one_pass: bool, device: str, extra: list[str]) -> None:
     import numpy as np
 
-    import waveflow.vocoder as vocoder_module
+    import waveflow.infer.vocoder as vocoder_module
     from waveflow.cli import main
     from waveflow.config import MelConfig
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from waveflow.audio import load_wav
-from waveflow.evaluate import griffin_lim, pesq_wb, quality
-from waveflow.vocoder import load_vocoder
+from waveflow.dsp.audio import load_wav
+from waveflow.infer.vocoder import load_vocoder
+from waveflow.train.evaluate import griffin_lim, pesq_wb, quality
 
 WAVS = Path(__file__).resolve().parents[1] / "../shared/data/LJSpeech-1.1-mini/wavs"
 HELD_OUT = [WAVS / "LJ001-0031.wav", WAVS / "LJ001-0032.wav"]

@@ -9,13 +9,13 @@ Systems, by copy synthesis of each clip (audio -> mel -> system -> audio):
 - ``flow_only``: the same, post-filter 0 and mel correction 0;
 - ``pulse_mel``: no network: a pulse train plus noise with the mel's F0 and voicing
   (``MelPitch`` with the model's tracker), through the model's LP filter, post-filter and
-  mel correction (``waveflow.pulsetrain``);
+  mel correction (``waveflow.dsp.pulsetrain``);
 - ``pulse_harvest``: the same with the recording's F0 and voicing (harvest on the recording).
 
 Measures: DistillMOS and DNSMOS P.835 OVRL/SIG/BAK (no reference; ``../shared/tools/mos.py``,
 run with ``--mos-python`` in a subprocess, skipped with a note when it cannot run), PESQ-wb
 and STOI against the recording (as ``waveflow evaluate``), F0 error in cents and V/UV F1
-against harvest on the recording (``waveflow.evaluate.pitch_agreement``), and the same pitch
+against harvest on the recording (``waveflow.train.evaluate.pitch_agreement``), and the same pitch
 figures for the mel-derived track of each tracker alone. Means over clips.
 
     python scripts/naturalness_study.py --out exp/naturalness            # the two held-out clips
@@ -34,8 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from waveflow.audio import load_wav, save_wav
-from waveflow.evaluate import (
+from waveflow.dsp.audio import load_wav, save_wav
+from waveflow.dsp.pitch import TRACKERS
+from waveflow.dsp.pulsetrain import mel_tracks, pulse_noise_vocoder
+from waveflow.infer.vocoder import load_vocoder
+from waveflow.train.evaluate import (
     PITCH_SYSTEMS,
     clip_pitch,
     griffin_lim,
@@ -43,9 +46,6 @@ from waveflow.evaluate import (
     pitch_available,
     quality,
 )
-from waveflow.pitch import TRACKERS
-from waveflow.pulsetrain import mel_tracks, pulse_noise_vocoder
-from waveflow.vocoder import load_vocoder
 
 REPO = Path(__file__).resolve().parents[1]
 WAVS = REPO.parent / "shared" / "data" / "LJSpeech-1.1-mini" / "wavs"

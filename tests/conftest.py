@@ -5,15 +5,21 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from waveflow.config import ModelConfig, model_preset
-from waveflow.model import WaveGlow
+from waveflow.nn.model import WaveGlow
 
 REPO = Path(__file__).resolve().parents[1]
+# The tests mirror the package's sub-packages (tests/dsp, tests/nn, ...) and import each other's
+# helpers by module name (`from test_vocoder import tiny_vocoder`) from any folder, whatever runs.
+for _folder in sorted(p for p in Path(__file__).parent.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 SHARED = Path(os.environ.get("WAVEFLOW_SHARED", REPO.parent / "shared"))
 MINI_CORPUS = SHARED / "data" / "LJSpeech-1.1-mini"
 

@@ -51,7 +51,7 @@ def test_load_config_yaml(tmp_path):
 def test_every_recipe_config_loads_and_the_bundled_model_matches_its_recipe():
     from conftest import REPO
 
-    from waveflow.checkpoint import read_checkpoint
+    from waveflow.nn.checkpoint import read_checkpoint
 
     configs = {p.name: load_config(p) for p in sorted((REPO / "recipes" / "ljspeech" / "conf").glob("*.yaml"))}
     assert len(configs) >= 7

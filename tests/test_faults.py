@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 from test_train import TINY, _config, prepared  # noqa: F401  (prepared is a fixture)
 
-from waveflow.checkpoint import read_checkpoint
+from waveflow.nn.checkpoint import read_checkpoint
 
 KILLS = 20
 
@@ -27,7 +27,7 @@ def _newest(folder):
 def test_kill_9_at_random_moments_never_loses_the_last_checkpoint(tmp_path, prepared):  # noqa: F811
     out = tmp_path / "run"
     checkpoints = out / "checkpoints"
-    base = [sys.executable, "-m", "waveflow.cli", "train", "--config", _config(tmp_path), "--data", str(prepared)]
+    base = [sys.executable, "-m", "waveflow", "train", "--config", _config(tmp_path), "--data", str(prepared)]
     base += ["--out", str(out), "--device", "cpu", "--no-progress", *TINY]
     base += ["--set", "train.checkpoint_every=1", "--set", "train.eval_every=100000"]
     base += ["--set", "train.keep_last=2"]
@@ -82,7 +82,7 @@ def test_a_full_disk_stops_training_in_one_line_and_keeps_the_last_checkpoint(tm
     args = ["train", "--config", _config(tmp_path), "--data", str(prepared), "--out", str(out)]
     args += ["--device", "cpu", "--no-progress", *TINY, "--set", "train.checkpoint_every=1"]
     args += ["--set", "train.eval_every=100000", "--set", "train.max_steps=50", "--set", "train.keep_last=10"]
-    done = subprocess.run([sys.executable, "-m", "waveflow.cli", *args], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "waveflow", *args], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 1
     last_line = done.stderr.strip().splitlines()[-1]
     assert "No space left on device" in last_line and str(out / "checkpoints") in last_line, done.stderr
@@ -100,7 +100,7 @@ def test_synthesize_into_a_full_folder_is_one_line_and_no_partial_wav(tmp_path, 
     np.save(tmp_path / "long.npy", random_mel(1000, seed=1).numpy())  # a 512 kB wav
     out = small_disk / "long.wav"
     args = ["synthesize", str(tmp_path / "long.npy"), "-o", str(out), "--checkpoint", str(tmp_path / "tiny.pt")]
-    done = subprocess.run([sys.executable, "-m", "waveflow.cli", *args], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "waveflow", *args], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "No space left on device" in lines[0] and str(out) in lines[0], done.stderr

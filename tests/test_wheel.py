@@ -50,8 +50,9 @@ def test_the_wheel_in_a_fresh_venv_loads_both_named_models(wheel, tmp_path):
         server.files["waveglow.pt"] = body
         script = f"""
 import numpy as np, waveflow
-from waveflow import Vocoder, registry
-from waveflow.train import find_recipe
+from waveflow import Vocoder
+from waveflow.interop import registry
+from waveflow.train.trainer import find_recipe
 assert waveflow.__file__.startswith({str(venv)!r}), waveflow.__file__
 url, digest = {server.url("waveglow.pt")!r}, {hashlib.sha256(body).hexdigest()!r}
 registry.register("nvidia-waveglow-ljspeech", url, sha256=digest)
@@ -88,7 +89,7 @@ def test_the_sdist_carries_its_tests_recipes_and_docs(tmp_path):
     name = run(sys.executable, "-c", code, cwd=REPO).stdout.strip().splitlines()[-1]
     with tarfile.open(tmp_path / name) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    for needed in ("tests/conftest.py", "tests/nvidia_ref/glow.py", "tests/test_vocoder.py", "mkdocs.yml",
+    for needed in ("tests/conftest.py", "tests/nvidia_ref/glow.py", "tests/infer/test_vocoder.py", "mkdocs.yml",
                    "docs/index.md", "recipes/ljspeech/conf/mini.yaml", "waveflow/assets/ljspeech_mini.pt"):  # fmt: skip
         assert needed in names, needed
     assert not [n for n in names if "__pycache__" in n]

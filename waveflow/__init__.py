@@ -8,10 +8,10 @@ __version__ = "0.1.0"
 # Public names, imported on first use: ``import waveflow`` (and ``waveflow --help``) stays
 # free of torch until something that needs it is touched.
 _EXPORTS = {
-    "MelSpectrogram": "audio",
-    "load_wav": "audio",
-    "save_wav": "audio",
-    "save_wav_pieces": "audio",
+    "MelSpectrogram": "dsp.audio",
+    "load_wav": "dsp.audio",
+    "save_wav": "dsp.audio",
+    "save_wav_pieces": "dsp.audio",
     "Config": "config",
     "ConfigError": "config",
     "MelConfig": "config",
@@ -20,12 +20,12 @@ _EXPORTS = {
     "load_config": "config",
     "make_config": "config",
     "model_preset": "config",
-    "NLL": "loss",
-    "flow_nll": "loss",
-    "WaveGlow": "model",
-    "StreamingVocoder": "streaming",
-    "synthesize_long": "streaming",
-    "Vocoder": "vocoder",
+    "NLL": "nn.loss",
+    "flow_nll": "nn.loss",
+    "WaveGlow": "nn.model",
+    "StreamingVocoder": "infer.streaming",
+    "synthesize_long": "infer.streaming",
+    "Vocoder": "infer.vocoder",
 }
 
 

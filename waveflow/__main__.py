@@ -1,5 +1,5 @@
 """``python -m waveflow``: the ``waveflow`` command."""
 
-from waveflow.cli import main
+from waveflow.cli.main import main
 
 raise SystemExit(main())

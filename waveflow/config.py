@@ -91,7 +91,7 @@ def safe_yaml(text: str, where: str = "YAML") -> Any:
 
 @dataclass
 class MelConfig:
-    """Log-mel convention (described in ``waveflow.audio``). ``preset`` selects the padding/magnitude rule."""
+    """Log-mel convention (described in ``waveflow.dsp.audio``). ``preset`` selects the padding/magnitude rule."""
 
     sample_rate: int = 22050
     n_fft: int = 1024
@@ -159,17 +159,17 @@ class ModelConfig:
     weight_norm: bool = True
     lu: bool = False
     actnorm: bool = False
-    # Linear prediction from the mel (waveflow.lpc): the flow models the LP residual and the
+    # Linear prediction from the mel (waveflow.nn.lpc): the flow models the LP residual and the
     # envelope comes from DSP. 0 turns it off (NVIDIA's models); 24 is the measured choice.
     lpc_order: int = 0
-    # Two pitch features from the mel (waveflow.pitch: log F0 and periodicity per frame) join
+    # Two pitch features from the mel (waveflow.dsp.pitch: log F0 and periodicity per frame) join
     # the mel as conditioning, so that the couplings are told the period they must produce.
     pitch_features: bool = False
-    # A pulse source phase-locked to the voice (waveflow.source) joins the conditioning at the
+    # A pulse source phase-locked to the voice (waveflow.nn.source) joins the conditioning at the
     # sample rate: in training from pulses picked in the LP residual, at synthesis free-running
     # at the mel's period. Needs lpc_order > 0.
     pulse_source: bool = False
-    # How pitch and voicing are read from the mel (waveflow.pitch) for the pulse source, the
+    # How pitch and voicing are read from the mel (waveflow.dsp.pitch) for the pulse source, the
     # pitch features and the post-filter: "comb" (checkpoints that name none) or "template"
     # (voices about 90% of the frames an independent tracker calls voiced, where comb voices 55%).
     pitch_tracker: str = "comb"
@@ -226,7 +226,7 @@ class ModelConfig:
         """About how many weights the model has (the couplings' convolutions, the 1x1 convs and
         the upsampler; biases left out), from the config alone, before anything is allocated.
         Each weight is one multiply-add per group step, so ``2 * this / n_group`` is about the
-        FLOPs per sample (``waveflow.cost`` counts them exactly)."""
+        FLOPs per sample (``waveflow.nn.cost`` counts them exactly)."""
         width, layers = self.n_channels, self.n_layers
         total = self.cond_inputs**2 * self.upsample_kernel
         for c in self.channels_per_flow():
@@ -295,8 +295,8 @@ class TrainConfig:
     num_workers: int = 2
     max_bad_steps: int = 10  # consecutive non-finite steps before the run stops
     eval_sigma: float = 0.6
-    eval_postfilter: float = 0.0  # harmonic post-filter strength at inference (waveflow.postfilter); 0: off
-    eval_mel_correction: int = 0  # mel correction iterations at inference (waveflow.melcorrect); 0: off
+    eval_postfilter: float = 0.0  # harmonic post-filter strength at inference (waveflow.dsp.postfilter); 0: off
+    eval_mel_correction: int = 0  # mel correction iterations at inference (waveflow.dsp.melcorrect); 0: off
     eval_audio_clips: int = 2
     eval_max_clips: int = 0  # 0: every dev clip
 

@@ -50,7 +50,7 @@ fi
 
 train() {
   if [ "$nproc" -gt 1 ]; then
-    "$bin/torchrun" --standalone --nproc_per_node "$nproc" -m waveflow.cli train "$@"
+    "$bin/torchrun" --standalone --nproc_per_node "$nproc" -m waveflow.cli.main train "$@"
   else
     "$bin/waveflow" train "$@"
   fi

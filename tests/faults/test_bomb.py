@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import REPO, tiny_model
 
-from waveflow.checkpoint import make_checkpoint
 from waveflow.config import ConfigError, make_config
+from waveflow.nn.checkpoint import make_checkpoint
 
 LIMIT_BYTES = 4 * 2**30
 
@@ -32,7 +32,7 @@ def _capped():
 
 def _waveflow(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "waveflow.cli", *args],
+        [sys.executable, "-m", "waveflow", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -102,7 +102,7 @@ def test_a_checkpoint_config_asking_for_9_gb_is_refused_before_allocation(tmp_pa
     ],
 )
 def test_config_sizes_are_checked_against_memory_and_time_before_allocation(tmp_path, sections, expected):
-    from waveflow.checkpoint import CheckpointError, load_checkpoint
+    from waveflow.nn.checkpoint import CheckpointError, load_checkpoint
 
     with pytest.raises(CheckpointError, match=expected):
         load_checkpoint(_huge_checkpoint(tmp_path, **sections))
@@ -120,7 +120,7 @@ def test_every_bounded_field_has_a_bound_that_presets_respect():
 
 
 def test_an_expanded_tensor_in_an_nvidia_file_is_refused_before_it_is_materialised(tmp_path):
-    from waveflow.nvidia import nvidia_config, to_nvidia_state_dict
+    from waveflow.interop.nvidia import nvidia_config, to_nvidia_state_dict
 
     state = to_nvidia_state_dict(tiny_model())
     # 16 GiB once cast to float32, 2 bytes on disk: one float16 element seen through stride 0
@@ -139,12 +139,12 @@ def test_a_long_mel_is_synthesized_chunk_by_chunk_as_the_stream_and_short_ones_a
     below the threshold comes out bit for bit as one offline pass."""
     from test_vocoder import random_mel, write_tiny_checkpoint
 
-    import waveflow.streaming as streaming
-    import waveflow.vocoder as vocoder_module
-    from waveflow.audio import save_wav
+    import waveflow.infer.streaming as streaming
+    import waveflow.infer.vocoder as vocoder_module
     from waveflow.cli import main
-    from waveflow.streaming import StreamingVocoder, snr_db
-    from waveflow.vocoder import Vocoder
+    from waveflow.dsp.audio import save_wav
+    from waveflow.infer.streaming import StreamingVocoder, snr_db
+    from waveflow.infer.vocoder import Vocoder
 
     monkeypatch.setattr(vocoder_module, "LONG_MEL_FRAMES", 60)
     monkeypatch.setattr(streaming, "LONG_MEL_CHUNK", 16)
@@ -177,8 +177,8 @@ def test_a_long_mel_is_written_while_it_is_synthesized(tmp_path, monkeypatch):
     file already holds the earlier chunks' samples (the output appears, whole, only at the end)."""
     from test_vocoder import random_mel, write_tiny_checkpoint
 
-    import waveflow.streaming as streaming
-    import waveflow.vocoder as vocoder_module
+    import waveflow.infer.streaming as streaming
+    import waveflow.infer.vocoder as vocoder_module
     from waveflow.cli import main
 
     monkeypatch.setattr(vocoder_module, "LONG_MEL_FRAMES", 60)

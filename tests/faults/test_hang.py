@@ -13,8 +13,8 @@ import numpy as np
 from conftest import REPO
 from test_train import TINY, _config, _train
 
-from waveflow.checkpoint import read_checkpoint
-from waveflow.data import prepare, read_filelist
+from waveflow.nn.checkpoint import read_checkpoint
+from waveflow.train.data import prepare, read_filelist
 
 
 def _small_corpus(src: Path, dst: Path, n: int = 8) -> Path:
@@ -48,7 +48,7 @@ def test_a_clip_corrupted_after_prepare_stops_training_in_seconds_naming_it(tmp_
         size = Path(clip.path).stat().st_size
         Path(clip.path).write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
     out = tmp_path / "run-corrupt"
-    args = [sys.executable, "-m", "waveflow.cli", "train", "--config", _config(tmp_path), "--data", str(prepared)]
+    args = [sys.executable, "-m", "waveflow", "train", "--config", _config(tmp_path), "--data", str(prepared)]
     args += ["--out", str(out), "--device", "cpu", "--no-progress", *TINY, "--set", "train.num_workers=2"]
     args += ["--set", "train.eval_every=100000", "--set", "train.max_steps=1000"]
     start = time.monotonic()

@@ -14,14 +14,14 @@ from contextlib import contextmanager
 from conftest import REPO
 from test_train import TINY, _config, _train, prepared  # noqa: F401  (prepared is a fixture)
 
-from waveflow.checkpoint import read_checkpoint
-from waveflow.runlock import LOCK_FILE
+from waveflow.nn.checkpoint import read_checkpoint
+from waveflow.train.runlock import LOCK_FILE
 
 ENDLESS = ("--set", "train.max_steps=100000", "--set", "train.eval_every=100000", "--set", "train.checkpoint_every=1")
 
 
 def _args(tmp_path, prepared, out, *extra):  # noqa: F811
-    args = [sys.executable, "-m", "waveflow.cli", "train", "--config", _config(tmp_path), "--data", str(prepared)]
+    args = [sys.executable, "-m", "waveflow", "train", "--config", _config(tmp_path), "--data", str(prepared)]
     return [*args, "--out", str(out), "--device", "cpu", "--no-progress", *TINY, *extra]
 
 

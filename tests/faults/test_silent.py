@@ -14,10 +14,10 @@ import soundfile as sf
 import torch
 from test_vocoder import random_mel, tiny_vocoder, write_tiny_checkpoint
 
-from waveflow.checkpoint import CHECKSUM_KEY, CheckpointError, make_checkpoint, read_checkpoint
 from waveflow.cli import main
-from waveflow.streaming import StreamingVocoder
-from waveflow.vocoder import DEFAULT_CHECKPOINT, Vocoder
+from waveflow.infer.streaming import StreamingVocoder
+from waveflow.infer.vocoder import DEFAULT_CHECKPOINT, Vocoder
+from waveflow.nn.checkpoint import CHECKSUM_KEY, CheckpointError, make_checkpoint, read_checkpoint
 
 
 @pytest.mark.parametrize("sigma", [math.nan, math.inf, -0.1])
@@ -78,7 +78,7 @@ def test_bool_and_complex_pt_mels_are_refused_like_npy_ones(tmp_path, capsys, dt
 
 
 def test_prepare_skips_nan_and_out_of_range_wavs_saying_why(tmp_path, mini_corpus):
-    from waveflow.data import prepare
+    from waveflow.train.data import prepare
 
     corpus = tmp_path / "corpus"
     (corpus / "wavs").mkdir(parents=True)
@@ -129,7 +129,7 @@ def test_checkpoints_without_a_checksum_still_load(tmp_path):
 
 
 def test_a_flipped_byte_in_a_pretrained_folder_is_refused(tmp_path):
-    from waveflow.pretrained import WEIGHTS_FILE, save_pretrained
+    from waveflow.interop.pretrained import WEIGHTS_FILE, save_pretrained
 
     write_tiny_checkpoint(tmp_path / "tiny.pt")
     folder = save_pretrained(tmp_path / "tiny.pt", tmp_path / "pretrained")

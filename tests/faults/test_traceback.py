@@ -90,7 +90,7 @@ def test_prepare_skips_a_300_character_id_with_its_reason(tmp_path, capsys, mini
 
 def test_prepare_into_a_closed_pipe_ends_quietly(tmp_path, mini_corpus):
     corpus = _tiny_corpus(tmp_path, mini_corpus, [])
-    args = [sys.executable, "-m", "waveflow.cli", "prepare", "--data", str(corpus), "--out", str(tmp_path / "out")]
+    args = [sys.executable, "-m", "waveflow", "prepare", "--data", str(corpus), "--out", str(tmp_path / "out")]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdout.close()  # `| head -1` that has already gone: every write meets a closed pipe
     stderr = proc.stderr.read()
@@ -102,10 +102,10 @@ def test_prepare_into_a_closed_pipe_ends_quietly(tmp_path, mini_corpus):
 
 @pytest.mark.parametrize(("text", "expected"), [("[1, 2]", "holds a JSON list"), ("{not json", "not valid JSON")])
 def test_a_pretrained_card_that_is_not_a_json_object_is_one_line_naming_it(tmp_path, text, expected):
-    from waveflow.checkpoint import save_checkpoint
     from waveflow.config import make_config
-    from waveflow.pretrained import save_pretrained
-    from waveflow.vocoder import Vocoder
+    from waveflow.infer.vocoder import Vocoder
+    from waveflow.interop.pretrained import save_pretrained
+    from waveflow.nn.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "tiny.pt", tiny_model(), make_config("tiny", {"model": {}}))
     folder = save_pretrained(tmp_path / "tiny.pt", tmp_path / "pretrained")

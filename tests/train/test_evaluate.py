@@ -1,0 +1,218 @@
+"""Quality measures and `waveflow evaluate` end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import REPO
+from test_vocoder import tiny_setup, tiny_vocoder, write_tiny_checkpoint
+
+from waveflow.cli import main
+from waveflow.config import MelConfig
+from waveflow.dsp.audio import load_wav
+from waveflow.nn.loss import flow_nll
+from waveflow.train.evaluate import griffin_lim, mel_l1, nll, quality
+
+
+@pytest.fixture
+def speech(clip) -> np.ndarray:
+    return load_wav(clip)[22050 : 22050 + 22050]  # one second of speech
+
+
+def test_quality_of_identical_and_degraded_audio(speech):
+    voc = tiny_vocoder()
+    same = quality(speech, speech, 22050, voc.mel)
+    assert same["mel_l1"] == 0.0 and same["stoi"] > 0.99 and same["pesq_wb"] > 4.5
+    noisy = speech + np.random.default_rng(0).normal(0, 0.05, speech.shape).astype(np.float32)
+    worse = quality(speech, noisy, 22050, voc.mel)
+    assert worse["mel_l1"] > 0.1 and worse["stoi"] < same["stoi"] and worse["pesq_wb"] < 2.5
+
+
+def test_mel_l1_is_the_mean_absolute_log_mel_difference(speech):
+    voc = tiny_vocoder()
+    louder = speech * 2.0
+    # doubling the amplitude adds log(2) to every mel bin above the clamp floor
+    a, b = voc.mel(speech), voc.mel(louder)
+    assert mel_l1(speech, louder, voc.mel) == pytest.approx(float(np.abs(a - b).mean()), rel=1e-6)
+    assert mel_l1(speech, louder, voc.mel) == pytest.approx(np.log(2), rel=0.05)
+
+
+def test_griffin_lim_beats_noise_on_mel_l1(speech):
+    voc = tiny_vocoder()
+    mel = voc.mel(speech)
+    gl = griffin_lim(mel, MelConfig(), len(speech), n_iter=10)
+    assert gl.shape == speech.shape and np.isfinite(gl).all()
+    noise = np.random.default_rng(0).normal(0, 0.1, speech.shape).astype(np.float32)
+    assert mel_l1(speech, gl, voc.mel) < 0.5 * mel_l1(speech, noise, voc.mel)
+
+
+def test_nll_is_the_flow_likelihood_of_the_original(speech):
+    voc = tiny_vocoder()
+    audio = speech[:4096]
+    mel = voc.mel(audio)
+    nats, bits = nll(voc, audio, mel)
+    model, _ = tiny_setup()
+    with torch.no_grad():
+        z, logdet = model.eval()(torch.from_numpy(audio)[None], torch.from_numpy(mel)[None])
+    expected = flow_nll(z, logdet, sigma=1.0)
+    assert nats == pytest.approx(float(expected.nats), abs=1e-4)
+    assert bits == pytest.approx(nats / np.log(2), rel=1e-6)
+
+
+def test_evaluate_cli_writes_table_and_json(tmp_path, speech):
+    (tmp_path / "data" / "wavs").mkdir(parents=True)
+    for name in ("b_clip", "a_clip"):
+        sf.write(tmp_path / "data" / "wavs" / f"{name}.wav", speech[:11025], 22050, subtype="PCM_16")
+    write_tiny_checkpoint(tmp_path / "tiny.pt")
+    out = tmp_path / "scores.json"
+    args = ["evaluate", "--checkpoint", str(tmp_path / "tiny.pt"), "--data", str(tmp_path / "data")]
+    result = subprocess.run(
+        [sys.executable, "-m", "waveflow", *args, "--limit", "1", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| waveflow |" in result.stdout and "| Griffin-Lim (60 it.) |" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["n_clips"] == 1 and data["clips"][0]["clip"] == "a_clip"
+    for system in ("waveflow", "griffin_lim"):
+        assert set(data["summary"][system]) >= {"mel_l1", "pesq_wb", "stoi"}
+    assert np.isfinite(data["summary"]["waveflow"]["nll_nats"])
+    # the untrained tiny model must not beat Griffin-Lim on mel-L1: the figures mean something
+    assert data["summary"]["waveflow"]["mel_l1"] > data["summary"]["griffin_lim"]["mel_l1"]
+    if importlib.util.find_spec("pyworld") is not None:  # the eval extra's pitch measures
+        for row in ("waveflow output (harvest)", "Griffin-Lim (60 it.) output (harvest)", "mel-derived track, comb"):
+            assert f"| {row}" in result.stdout, result.stdout
+        assert set(data["pitch"]) == {"waveflow", "griffin_lim", "mel_comb"}  # the model's tracker
+        clip_figures = data["clips"][0]["pitch"]
+        for system, means in data["pitch"].items():  # one clip: the means are its figures
+            assert set(means) >= {"f0_median_cents", "f0_p90_cents", "f0_rmse_cents", "vuv_f1", "voiced_recall"}
+            assert means == pytest.approx(clip_figures[system], nan_ok=True)
+        # Griffin-Lim keeps the mel's harmonics below 1 kHz: most of the speech stays voiced at its pitch
+        assert (
+            data["pitch"]["griffin_lim"]["voiced_recall"] > 0.5 and data["pitch"]["griffin_lim"]["f0_median_cents"] < 50
+        )
+
+
+def test_evaluate_without_pyworld_skips_the_pitch_measures_in_one_line(tmp_path, speech):
+    (tmp_path / "data").mkdir()
+    sf.write(tmp_path / "data" / "clip.wav", speech[:8192], 22050, subtype="PCM_16")
+    write_tiny_checkpoint(tmp_path / "tiny.pt")
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "tiny.pt"), "--data", str(tmp_path / "data"), "--no-griffin-lim"]
+    argv += ["--json", str(tmp_path / "scores.json")]
+    code = f"import sys; sys.modules['pyworld'] = None; from waveflow.cli import main; sys.exit(main({argv!r}))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    skipped = [line for line in result.stderr.splitlines() if "pitch measures skipped" in line]
+    assert len(skipped) == 1 and "pyworld" in skipped[0] and "waveflow[eval]" in skipped[0], result.stderr
+    assert "| waveflow |" in result.stdout and "harvest" not in result.stdout
+    assert "pitch" not in json.loads((tmp_path / "scores.json").read_text())
+
+
+def test_evaluate_bad_data_folder_is_one_line(tmp_path, capsys):
+    assert main(["evaluate", "--data", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nowhere" in err[0] and "no such data folder" in err[0]
+
+
+def test_prepared_folder_scores_its_held_out_splits(tmp_path, mini_corpus):
+    from waveflow.train.data import prepare
+    from waveflow.train.evaluate import find_clips
+
+    prepared = prepare(mini_corpus, tmp_path / "prep", progress=False)
+    held_out = find_clips(tmp_path / "prep")
+    assert [p.stem for p in held_out] == ["LJ001-0031", "LJ001-0032"]  # dev, then test
+    assert len(find_clips(tmp_path / "prep", "train")) == prepared["split"]["train"]
+    with pytest.raises(ValueError, match="--split"):
+        find_clips(tmp_path / "prep", "validation")
+
+
+def test_silence_rms_measures_the_output_of_an_all_silence_mel():
+    from waveflow.train.evaluate import silence_rms
+
+    voc = tiny_vocoder()
+    frames = round(2.0 * voc.sample_rate / voc.hop_length)
+    expected = voc(np.full((80, frames), voc.silence, dtype=np.float32), sigma=0.6, seed=0)
+    assert silence_rms(voc, 0.6, 0) == pytest.approx(float(np.sqrt(np.mean(expected.astype(np.float64) ** 2))))
+    assert silence_rms(voc, 0.0, 0) < silence_rms(voc, 0.6, 0)  # the hiss scales with sigma
+
+
+# ------------------------------------------------------------------ pitch
+def test_pitch_agreement_counts_known_offsets_and_voicing_flips():
+    from waveflow.train.evaluate import pitch_agreement
+
+    ref = np.array([200.0] * 10 + [0.0] * 2)
+    cents = np.array([-50, 10, 20, 30, 40, 0, 0, 100, 0, 0, 0, 0], dtype=np.float64)
+    est = ref * 2 ** (cents / 1200)
+    est[8:10] = 0.0  # two voiced frames called unvoiced (FN = 2)
+    est[10] = 123.0  # one unvoiced frame called voiced (FP = 1)
+    got = pitch_agreement(ref, est)
+    # |errors| over the 8 frames voiced in both: 0 0 10 20 30 40 50 100
+    assert got["f0_median_cents"] == pytest.approx(25.0)
+    assert got["f0_p90_cents"] == pytest.approx(50 + 0.3 * 50)  # rank 0.9 * 7 = 6.3
+    assert got["f0_rmse_cents"] == pytest.approx(np.sqrt((50**2 + 10**2 + 20**2 + 30**2 + 40**2 + 100**2) / 8))
+    assert got["vuv_f1"] == pytest.approx(2 * 8 / (2 * 8 + 1 + 2))
+    assert got["voiced_recall"] == pytest.approx(8 / 10) and got["voiced_precision"] == pytest.approx(8 / 9)
+    assert got["voiced_both"] == 8
+    # an octave is 1200 cents whichever way it goes
+    octave = pitch_agreement(ref[:2], np.array([400.0, 100.0]))
+    assert octave["f0_median_cents"] == pytest.approx(1200.0) and octave["vuv_f1"] == 1.0
+
+
+def test_pitch_agreement_without_common_voiced_frames_and_bad_tracks():
+    from waveflow.train.evaluate import pitch_agreement
+
+    got = pitch_agreement(np.array([100.0, 0.0]), np.array([0.0, 100.0]))
+    assert np.isnan(got["f0_median_cents"]) and got["vuv_f1"] == 0.0 and got["voiced_recall"] == 0.0
+    with pytest.raises(ValueError, match="one length"):
+        pitch_agreement(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match=">= 0"):
+        pitch_agreement(np.array([100.0, -1.0]), np.zeros(2))
+
+
+def sawtooth(f0: np.ndarray, sample_rate: int = 22050) -> np.ndarray:
+    """A sawtooth of per-sample F0 ``f0`` (Hz), amplitude 0.5."""
+    phase = np.cumsum(f0 / sample_rate) % 1.0
+    return (0.5 * (2 * phase - 1)).astype(np.float32)
+
+
+def test_harvest_finds_a_sawtooths_f0_on_the_mels_frame_centres():
+    from waveflow.train.evaluate import harvest_f0
+
+    pytest.importorskip("pyworld")
+    sr, hop = 22050, 256
+    # 150 Hz, then 220 Hz from sample 16000 on
+    f0 = np.where(np.arange(32000) < 16000, 150.0, 220.0)
+    track = harvest_f0(sawtooth(f0), sr, hop)
+    assert track.shape == (1 + 32000 // hop,)
+    centres = np.arange(len(track)) * hop
+    low = (centres > 2000) & (centres < 16000 - 1000)
+    high = (centres > 16000 + 1000) & (centres < 32000 - 2000)
+    assert np.abs(1200 * np.log2(track[low] / 150.0)).max() < 5
+    assert np.abs(1200 * np.log2(track[high] / 220.0)).max() < 5
+    # frame i is at sample start + i * hop: shifting the start by 8000 samples moves the step
+    shifted = harvest_f0(sawtooth(f0), sr, hop, frames=100, start=8000)
+    assert shifted.shape == (100,) and (shifted[-3:] == 0).all()  # past the audio's end: unvoiced
+    switch = lambda t: int(np.argmax(t > np.sqrt(150.0 * 220.0)))
+    assert abs(switch(track) - 16000 / hop) <= 1 and abs(switch(shifted) - 8000 / hop) <= 1
+
+
+@pytest.mark.parametrize("tracker", ["comb", "template"])
+def test_mel_track_of_a_sawtooth_agrees_with_harvest(tracker):
+    from waveflow.train.evaluate import harvest_f0, mel_f0, pitch_agreement
+
+    pytest.importorskip("pyworld")
+    voc = tiny_vocoder()
+    saw = sawtooth(np.full(22050, 22050 / 147))  # 150 Hz: a whole period of 147 samples
+    mel = voc.mel(saw)
+    got = pitch_agreement(harvest_f0(saw, 22050, 256), mel_f0(mel, MelConfig(), tracker))
+    assert got["voiced_recall"] > 0.9 and got["f0_median_cents"] < 5, got

@@ -1,0 +1,98 @@
+"""scripts/naturalness_study.py end to end, on a tiny model with LP and a stand-in for mos.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import soundfile as sf
+import torch
+from conftest import REPO
+
+from waveflow.config import make_config
+from waveflow.dsp.audio import load_wav
+from waveflow.nn.checkpoint import save_checkpoint
+from waveflow.nn.model import WaveGlow
+
+SCRIPT = REPO / "scripts" / "naturalness_study.py"
+SYSTEMS = ["recordings", "griffin_lim", "waveflow", "flow_only", "pulse_mel", "pulse_harvest"]
+
+# Prints what ../shared/tools/mos.py prints: a header, then one row per argument in order,
+# the name cut to its last 32 characters; scores that say which folder they belong to.
+FAKE_MOS = """\
+import sys
+from pathlib import Path
+print("DistillMOS variant 7 weights loaded from: somewhere")
+print(f"{'wavs':<32} {'DistillMOS':>10} {'DNS-OVRL':>9} {'DNS-SIG':>8} {'DNS-BAK':>8}  n")
+for i, arg in enumerate(sys.argv[1:]):
+    n = len(list(Path(arg).glob("*.wav")))
+    print(f"{arg[-32:]:<32} {1 + i:10.3f} {2 + i / 10:9.3f} {3.0:8.3f} {4.0:8.3f}  {n}")
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, mini_corpus):
+    pytest.importorskip("pyworld")
+    tmp = tmp_path_factory.mktemp("study")
+    cfg = make_config("tiny", {"model": {"lpc_order": 16}, "train": {"eval_postfilter": 0.5, "eval_mel_correction": 2}})
+    torch.manual_seed(0)
+    save_checkpoint(tmp / "tiny.pt", WaveGlow(cfg.model), cfg)
+    speech = load_wav(mini_corpus / "wavs" / "LJ001-0001.wav")
+    for name, offset in (("one", 22050), ("two", 44100)):
+        sf.write(tmp / f"{name}.wav", speech[offset : offset + 11025], 22050, subtype="PCM_16")
+    (tmp / "fake_mos.py").write_text(FAKE_MOS)
+    return tmp
+
+
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    """{first cell: the other cells} of the markdown table rows printed."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in stdout.splitlines()]
+    return {r[0]: r[1:] for r in rows if len(r) > 1}
+
+
+def study(tmp, *extra, clips=("one", "two")):
+    args = [sys.executable, str(SCRIPT), "--checkpoint", str(tmp / "tiny.pt"), "--clips"]
+    args += [str(tmp / f"{name}.wav") for name in clips] + list(extra)
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_study_writes_one_folder_per_system_and_a_table(setup):
+    out = setup / "out"
+    done = study(setup, "--out", str(out), "--mos-script", str(setup / "fake_mos.py"), "--json", str(setup / "s.json"))
+    assert done.returncode == 0, done.stderr
+    for system in SYSTEMS:
+        wavs = sorted(p.name for p in (out / system).glob("*.wav"))
+        assert wavs == ["one.wav", "two.wav"], system
+        assert sf.info(out / system / "one.wav").frames == 11025
+    rows = table_rows(done.stdout)
+    assert len(rows) == 2 + len(SYSTEMS) + 2  # header, rule, the systems, the mel track of each tracker
+    # the stand-in's scores land in the rows of their folders, in the order they were passed
+    assert rows["the recordings"][:4] == ["1.00", "2.00", "3.00", "4.00"]
+    assert rows["pulse train + noise, the recording's F0 and voicing (harvest)"][:2] == ["6.00", "2.50"]
+    assert rows["the recordings"][4:] == ["-"] * 6  # nothing to compare the recording with
+    for tracker in ("comb", "template"):
+        mel_row = rows[f"mel-derived track, {tracker} tracker (voicing > 0.5)"]
+        assert mel_row[:6] == ["-"] * 6 and "-" not in mel_row[6:]
+    assert "pulse train + noise, mel F0 and voicing (comb tracker; LP, post-filter, correction)" in rows
+    summary = json.loads((setup / "s.json").read_text())["summary"]
+    # the control fed the recording's own pitch keeps it: harvest on its output finds it again
+    assert summary["pulse_harvest"]["voiced_recall"] > 0.8 and summary["pulse_harvest"]["f0_median_cents"] < 15
+    assert summary["pulse_harvest"]["f0_median_cents"] < summary["pulse_mel"]["f0_median_cents"] + 15
+
+
+def test_study_without_the_predictors_skips_the_mos_columns_with_a_note(setup):
+    argv = ["--out", str(setup / "out2"), "--mos-python", str(setup / "no-such-python"), "--systems", "waveflow"]
+    done = study(setup, *argv, clips=["one"])
+    assert done.returncode == 0, done.stderr
+    assert "MOS skipped:" in done.stdout and "no-such-python" in done.stdout
+    rows = table_rows(done.stdout)
+    tracks = {f"mel-derived track, {tracker} tracker (voicing > 0.5)" for tracker in ("comb", "template")}
+    assert set(rows) == {"system", "---", "waveflow, tiny.pt, defaults", *tracks}
+    assert rows["waveflow, tiny.pt, defaults"][:4] == ["-"] * 4 and "-" not in rows["waveflow, tiny.pt, defaults"][4:]
+    assert [p.name for p in (setup / "out2").iterdir()] == ["waveflow"]
+    bad_cases = [(["--clips", str(setup / "missing.wav")], "missing.wav"), (["--systems", "hifigan"], "hifigan")]
+    for bad_args, message in bad_cases:
+        bad = study(setup, "--out", str(setup / "out3"), *bad_args)
+        assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and message in bad.stderr, bad.stderr

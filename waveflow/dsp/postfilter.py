@@ -1,0 +1,152 @@
+"""Harmonic post-filter: less noise between the low harmonics of voiced speech.
+
+What a listener (and PESQ) hears of a voiced frame is mostly below 2 kHz, where real speech
+is a clean series of harmonics: the magnitude spectrum has deep valleys between them. A flow
+sampled from its noise fills those valleys. Measured on the bundled model: replacing the
+model's output below 2 kHz by the real audio's raises PESQ-wb from 1.8 to 4.0, and keeping
+the model's phase but the real magnitude (at 23 ms resolution) gives 2.5, while the model's
+F0 is right (a real-pulse phase changes nothing). The valleys are what is missing.
+
+Speech codecs meet the same problem with pitch post-filters on the decoded speech; this one
+is two-sided and confined to the low band, like the "bass post-filter" of the wideband
+codecs. Per sample n, with the period ``T(n)``
+in whole samples and the voicing ``v(n)`` of its mel frame (``waveflow.dsp.pitch``, from the mel
+alone):
+
+    d[n] = (x[n - T] + x[n + T]) / 2 - x[n]      (a tap off the signal's ends: x[n] itself)
+    y[n] = x[n] + strength * v(n) * (h * d)[n]
+
+``h`` a linear-phase low-pass FIR (windowed sinc, ``CUTOFF_HZ``). Below the cut-off the comb's
+gain at frequency f is ``1 + strength (cos(2 pi f T) - 1)``: 1 at every harmonic of 1/T,
+``1 - 2 strength`` half-way between two. ``strength`` 0.5 (the bundled model's) is the
+raised-cosine comb ``(x[n - T] + 2 x[n] + x[n + T]) / 4``, ``cos^2(pi f T)``: harmonics pass,
+the midpoints between them are nulled, and nothing is inverted. Unvoiced frames (v = 0) and
+everything above the cut-off are untouched.
+
+The filter reads ``margin = max period + FIR half-length`` samples on either side of a sample,
+so ``StreamingVocoder`` holds its output back by that much (16 ms at 22050 Hz) to stay equal
+to offline synthesis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from waveflow.config import MelConfig
+from waveflow.dsp.audio import sample_frames
+from waveflow.dsp.pitch import PERIODS, MelPitch, period_voicing
+
+CUTOFF_HZ = 2000.0
+FIR_HALF = 32  # taps each side of the low-pass FIR (65 taps, 1.5 ms at 22050 Hz)
+
+
+def check_strength(strength: float) -> float:
+    """A post-filter strength as a float, or a ValueError saying what was expected."""
+    if not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise ValueError(f"postfilter strength must be a number in [0, 1], got {strength!r}")
+    return float(strength)
+
+
+def lowpass_taps(cutoff_hz: float, sample_rate: int, half: int = FIR_HALF) -> torch.Tensor:
+    """A linear-phase low-pass FIR ``(2 half + 1,)`` float64: Hann-windowed sinc, unit DC gain."""
+    n = np.arange(-half, half + 1)
+    h = np.sinc(2 * cutoff_hz / sample_rate * n) * np.hanning(2 * half + 3)[1:-1]
+    return torch.from_numpy(h / h.sum())
+
+
+def _fir(x: torch.Tensor, taps: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """``x (B, T)`` convolved with centred ``taps`` (odd length), zeros outside ``x``. One long
+    single-channel conv1d is slow on CPU (27 ms for 10 s of audio); the same sums over blocks of
+    ``block`` samples stacked along the batch take 2 ms."""
+    batch, length = x.shape
+    half = taps.numel() // 2
+    padded = F.pad(x, (half, half + (-length) % block))
+    blocks = padded.unfold(1, block + 2 * half, block)  # (B, blocks, block + 2 half), overlapping by 2 half
+    out = F.conv1d(blocks.reshape(-1, 1, block + 2 * half), taps.view(1, 1, -1))
+    return out.reshape(batch, -1)[:, :length]
+
+
+class HarmonicPostfilter(nn.Module):
+    """``postfilter(audio (B, T), mel (B, n_mels, F), strength) -> (B, T)`` for audio whose
+    sample 0 is the mel's frame 0 (``start`` shifts it: sample 0 is sample ``start`` of the
+    mel's time line). ``frame_tracks``, ``sample_tracks`` and ``apply`` split the steps for
+    streaming."""
+
+    def __init__(
+        self,
+        n_mels: int = 80,
+        sample_rate: int = 22050,
+        n_fft: int = 1024,
+        hop_length: int = 256,
+        f_min: float = 0.0,
+        f_max: float = 8000.0,
+        frame_offset: int = 128,
+        cutoff_hz: float = CUTOFF_HZ,
+        tracker: str = "comb",
+    ) -> None:
+        super().__init__()
+        if not 0 < cutoff_hz < sample_rate / 2:
+            raise ValueError(f"post-filter cut-off {cutoff_hz} Hz must be in (0, {sample_rate / 2}) Hz")
+        self.pitch = MelPitch(n_mels, sample_rate, n_fft, f_min, f_max, tracker)
+        self.sample_rate, self.hop_length, self.frame_offset = sample_rate, hop_length, frame_offset
+        self._taps = lowpass_taps(cutoff_hz, sample_rate).float()
+        self.margin = PERIODS[1] + FIR_HALF  # samples either side that an output sample depends on
+
+    @classmethod
+    def for_mel(cls, mel: MelConfig, tracker: str = "comb") -> HarmonicPostfilter:
+        """The post-filter for a mel convention, reading the pitch with ``tracker`` (the model's)."""
+        return cls(
+            mel.n_mels,
+            mel.sample_rate,
+            mel.n_fft,
+            mel.hop_length,
+            mel.f_min,
+            mel.f_max,
+            mel.frame_offset,
+            tracker=tracker,
+        )
+
+    def frame_tracks(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Period in whole samples (long) and voicing (float32) per frame, ``(B, F)`` each."""
+        period, voicing = period_voicing(self.pitch(mel), self.sample_rate)
+        return period.round().long(), voicing.float()
+
+    def sample_tracks(
+        self, period: torch.Tensor, voicing: torch.Tensor, start: int, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame tracks ``(B, F)`` -> per-sample ``(B, length)`` for samples ``start ..``
+        (each sample takes the frame whose centre is nearest, clamped to the frames given)."""
+        idx = sample_frames(start, length, period.shape[1], self.hop_length, self.frame_offset, period.device)
+        return period[:, idx], voicing[:, idx]
+
+    def apply(self, audio: torch.Tensor, period: torch.Tensor, voicing: torch.Tensor, strength: float) -> torch.Tensor:
+        """Filter ``audio (B, T)`` given per-sample ``period`` (long) and ``voicing`` ``(B, T)``."""
+        if strength == 0:
+            return audio
+        length = audio.shape[1]
+        x = audio.float()
+        n = torch.arange(length, device=audio.device)
+        back, ahead = n - period, n + period
+        x_back = torch.where(back >= 0, torch.gather(x, 1, back.clamp(min=0)), x)
+        x_ahead = torch.where(ahead < length, torch.gather(x, 1, ahead.clamp(max=length - 1)), x)
+        d = 0.5 * (x_back + x_ahead) - x
+        low = _fir(d, self._taps.to(audio.device))
+        return (x + strength * voicing.to(x.device) * low).to(audio.dtype)
+
+    def forward(self, audio: torch.Tensor, mel: torch.Tensor, strength: float, start: int = 0) -> torch.Tensor:
+        if not math.isfinite(strength) or not 0 <= strength <= 1:
+            raise ValueError(f"post-filter strength must be in [0, 1], got {strength}")
+        if audio.dim() != 2 or mel.dim() != 3 or audio.shape[0] != mel.shape[0]:
+            raise ValueError(
+                f"post-filter needs audio (B, T) and mel (B, n_mels, F); got {tuple(audio.shape)} and "
+                f"{tuple(mel.shape)}"
+            )
+        if strength == 0 or audio.shape[1] == 0:
+            return audio
+        period, voicing = self.sample_tracks(*self.frame_tracks(mel), start, audio.shape[1])
+        return self.apply(audio, period, voicing, strength)

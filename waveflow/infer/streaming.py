@@ -1,0 +1,356 @@
+"""Streaming synthesis: mel frames in chunks of any size, audio out as soon as possible.
+
+Audio for frames ``[a, b)`` is synthesized from the window of frames
+``[a - lookback, b + lookahead)`` with the noise of those absolute positions (see
+``waveflow.infer.vocoder``), and only the samples of ``[a, b)`` are kept. Since z is the same as
+offline, a streamed utterance differs from the offline one only where the flow's receptive
+field reaches past the window; with context covering the receptive field the two are equal
+up to float rounding. A model with linear prediction runs its synthesis filter once over the
+emitted audio, carrying the filter's state from chunk to chunk, as offline synthesis does;
+a pulse source carries its free-running phase past the frames it drops.
+The harmonic post-filter (``waveflow.dsp.postfilter``) reads ``margin`` samples either side of a
+sample, so with it on, audio is held back by that margin more and filtered once every sample
+it reads has been synthesized; the utterance's end is filtered at ``flush``, as offline.
+The mel correction (``waveflow.dsp.melcorrect``) comes after it in the same way: a sample is
+corrected once ``margin`` (``iterations * n_fft``) samples after it have passed the
+post-filter, from a window reaching as far back, whose frames sit on the utterance's grid.
+The end of the utterance (``flush``) gets the same silent tail as offline synthesis.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from waveflow.dsp.limiter import soft_limit
+from waveflow.dsp.melcorrect import check_iterations
+from waveflow.dsp.postfilter import check_strength
+from waveflow.infer.vocoder import (
+    MelLike,
+    Vocoder,
+    check_mel,
+    check_seed,
+    check_sigma,
+    receptive_field_frames,
+    warn_mel_scale,
+)
+
+MAX_DEFAULT_LOOKAHEAD = 16  # frames (186 ms at 22050 Hz, hop 256): caps the latency of deep models
+# `waveflow synthesize` sends mels longer than ``waveflow.infer.vocoder.LONG_MEL_FRAMES`` (about 95 s
+# at 22050 Hz, hop 256) through ``synthesize_long``, in chunks of this many frames, so that
+# memory stays flat however long the mel is.
+LONG_MEL_CHUNK = 512
+
+
+def default_lookahead(vocoder: Vocoder) -> int:
+    """The model's receptive field in frames, capped at ``MAX_DEFAULT_LOOKAHEAD``."""
+    return min(receptive_field_frames(vocoder.model), MAX_DEFAULT_LOOKAHEAD)
+
+
+class StreamingVocoder:
+    """Push mel chunks ``(n_mels, n)`` with ``push``; each call returns the audio ``(samples,)``
+    that became final (possibly empty); ``flush`` returns the rest at the end of the utterance.
+
+    ``lookahead``: frames of future context before a frame's audio is emitted (the
+    algorithmic latency); ``lookback``: frames of past context (default: lookahead plus the
+    mel upsampler's overlap). ``postfilter`` and ``mel_correction`` as ``Vocoder`` takes them
+    (default: the checkpoint's); each adds its margin to the latency. One utterance at a time;
+    ``reset`` starts a new one. ``seed``: as ``Vocoder``'s (default 0). ``limit``: the soft
+    limiter, as ``Vocoder`` applies it (memoryless: no latency). ``check_input``: warn
+    once per utterance (``MelScaleWarning``) when the mel is not a log-mel of the convention,
+    judged on the frames pushed so far (up to the first ``SCALE_CHECK_FRAMES``).
+    """
+
+    SCALE_CHECK_FRAMES = 32
+
+    def __init__(
+        self,
+        vocoder: Vocoder,
+        sigma: float | None = None,
+        seed: int | None = None,
+        lookahead: int | None = None,
+        lookback: int | None = None,
+        postfilter: float | None = None,
+        mel_correction: int | None = None,
+        check_input: bool = True,
+        limit: bool = True,
+    ) -> None:
+        self.vocoder = vocoder
+        self.limit = bool(limit)
+        self.check_input = check_input
+        self.sigma = check_sigma(vocoder.sigma if sigma is None else sigma)
+        check_seed(seed)
+        self.postfilter = check_strength(vocoder.postfilter_strength if postfilter is None else postfilter)
+        self.mel_correction = check_iterations(
+            vocoder.mel_correction_iterations if mel_correction is None else mel_correction
+        )
+        cfg = vocoder.model.cfg
+        self.lookahead = default_lookahead(vocoder) if lookahead is None else int(lookahead)
+        overlap = math.ceil(cfg.upsample_kernel / cfg.upsample_stride) - 1  # frames one upsampled step mixes
+        self.lookback = self.lookahead + overlap if lookback is None else int(lookback)
+        if self.lookahead < 0 or self.lookback < 0:
+            raise ValueError(f"lookahead and lookback must be >= 0, got {self.lookahead}, {self.lookback}")
+        self.seed = vocoder.resolve_seed(seed)
+        self.compute_s = 0.0
+        self.audio_samples = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the utterance; the next push starts a new one (same seed)."""
+        self._mel = torch.empty(self.vocoder.n_mels, 0)
+        self._offset = 0  # absolute index of self._mel's first frame
+        self._emitted = 0  # frames whose audio has been returned
+        self._done = False
+        self._scale_checked = not self.check_input  # decided for this utterance (warned, or enough frames)
+        self._lp_state: torch.Tensor | None = None  # linear prediction: the last output samples
+        self._phase = torch.zeros(1, dtype=torch.float64)  # pulse source: its phase at frame self._offset
+        self._numpy = False  # the last chunk was a numpy array: return numpy
+        # post-filter: synthesized samples from absolute sample _pf_base, the next sample to
+        # return, and per-frame period and voicing from absolute frame _pf_frame0 on
+        self._pf_raw = torch.empty(0)
+        self._pf_base = 0
+        self._pf_out = 0
+        self._pf_frame0 = 0
+        self._pf_period = torch.empty(1, 0, dtype=torch.long)
+        self._pf_voicing = torch.empty(1, 0)
+        # mel correction: post-filtered samples from absolute sample _mc_base (a frame boundary),
+        # the next sample to return, and the mel from absolute frame _mc_base // hop on
+        self._mc_raw = torch.empty(0)
+        self._mc_base = 0
+        self._mc_out = 0
+        self._mc_mel = torch.empty(self.vocoder.n_mels, 0)
+
+    @property
+    def latency_ms(self) -> float:
+        """Algorithmic latency: the look-ahead and the post-processing margins, in milliseconds."""
+        samples = self.lookahead * self.vocoder.hop_length + (self.vocoder.postfilter.margin if self.postfilter else 0)
+        samples += self.vocoder.mel_correction.margin(self.mel_correction)
+        return 1000.0 * samples / self.vocoder.sample_rate
+
+    @property
+    def rtf(self) -> float:
+        """Measured real-time factor so far: compute seconds per second of audio returned."""
+        seconds = self.audio_samples / self.vocoder.sample_rate
+        return self.compute_s / seconds if seconds else math.nan
+
+    def push(self, mel: MelLike) -> MelLike:
+        """Add frames ``(n_mels, n)`` (n >= 1) and return the audio that is now final: a numpy
+        array for a numpy chunk (as ``Vocoder`` does), else a tensor on CPU."""
+        if self._done:
+            raise ValueError("stream already flushed; call reset() for a new utterance")
+        chunk = check_mel(mel, self.vocoder.n_mels, name="mel chunk")
+        if chunk.shape[0] != 1:
+            raise ValueError(f"mel chunk has shape {tuple(chunk.shape)}; expected ({self.vocoder.n_mels}, frames)")
+        self._numpy = isinstance(mel, np.ndarray)
+        self._mel = torch.cat([self._mel, chunk[0].cpu()], dim=1)
+        if not self._scale_checked:
+            seen = self._mel[:, : self.SCALE_CHECK_FRAMES] if self._offset == 0 else chunk[0].cpu()
+            warned = warn_mel_scale(seen, self.vocoder.config.mel.clamp_min, name="mel chunk")
+            self._scale_checked = warned or self._offset + self._mel.shape[1] >= self.SCALE_CHECK_FRAMES
+        if self.postfilter:  # the tracks are a function of each frame alone
+            period, voicing = self.vocoder.postfilter.frame_tracks(chunk[:1].to(self.vocoder.device))
+            self._pf_period = torch.cat([self._pf_period, period.cpu()], dim=1)
+            self._pf_voicing = torch.cat([self._pf_voicing, voicing.cpu()], dim=1)
+        if self.mel_correction:
+            self._mc_mel = torch.cat([self._mc_mel, chunk[0].cpu()], dim=1)
+        total = self._offset + self._mel.shape[1]
+        audio = self._filter(self._emit(total - self.lookahead, total), final=False)
+        return self._out(self._correct(audio, final=False))
+
+    def flush(self) -> MelLike:
+        """End of utterance: the remaining audio (with offline synthesis's silent tail as context),
+        of the type the last pushed chunk had."""
+        if self._done:
+            return self._out(torch.empty(0))
+        total = self._offset + self._mel.shape[1]
+        tail = torch.full((self.vocoder.n_mels, self.vocoder.tail_frames), self.vocoder.silence)
+        self._mel = torch.cat([self._mel, tail], dim=1)
+        out = self._correct(self._filter(self._emit(total, total + self.vocoder.tail_frames), final=True), final=True)
+        self._done = True
+        return self._out(out)
+
+    def _out(self, audio: torch.Tensor) -> MelLike:
+        if self.limit:
+            audio = soft_limit(audio)
+        return audio.numpy() if self._numpy else audio
+
+    def _emit(self, end: int, available: int) -> torch.Tensor:
+        """Audio of frames ``[emitted, end)`` from the window ending at frame ``available``."""
+        if end <= self._emitted:
+            return torch.empty(0)
+        start = max(0, self._emitted - self.lookback)
+        window = self._mel[:, start - self._offset : available - self._offset]
+        hop = self.vocoder.hop_length
+        t0 = time.perf_counter()
+        lo, hi = (self._emitted - start) * hop, (end - start) * hop
+        with torch.no_grad():
+            mel = window[None].to(self.vocoder.device)
+            lpc, source = self.vocoder.model.lpc, self.vocoder.model.source
+            phase0 = 0.0
+            if source is not None:  # the phase at the window's start, from the phase at the buffer's start
+                phase0 = source.advance(self._mel[None, :, : start - self._offset].to(mel.device), self._phase)
+            if lpc is None:
+                audio = self.vocoder.synthesize_window(mel, start, self.seed, self.sigma)[0, lo:hi].cpu()
+            else:  # the synthesis filter runs once over the utterance, its state carried from chunk to chunk
+                residual = self.vocoder.excitation_window(mel, start, self.seed, self.sigma, phase0)[:, lo:hi]
+                a, g = lpc.coefficients(mel)
+                audio, self._lp_state = lpc.synthesize(residual, a, g, start=lo, state=self._lp_state)
+                audio = audio[0].float().cpu()
+        self.compute_s += time.perf_counter() - t0
+        self.audio_samples += audio.numel()
+        self._emitted = end
+        # Keep only the frames a later window can still need.
+        drop = max(0, self._emitted - self.lookback) - self._offset
+        if drop > 0:
+            if source is not None:
+                self._phase = source.advance(self._mel[None, :, :drop].to(mel.device), self._phase).cpu()
+            self._mel = self._mel[:, drop:]
+            self._offset += drop
+        return audio
+
+    def _filter(self, audio: torch.Tensor, final: bool) -> torch.Tensor:
+        """The post-filter stage: take newly synthesized samples, return those whose filter input
+        is complete (every one left at the end)."""
+        if not self.postfilter:
+            return audio
+        t0 = time.perf_counter()
+        pf, margin, hop = self.vocoder.postfilter, self.vocoder.postfilter.margin, self.vocoder.hop_length
+        self._pf_raw = torch.cat([self._pf_raw, audio])
+        end = self._pf_base + self._pf_raw.numel()
+        ready = end if final else end - margin
+        if ready <= self._pf_out:
+            return torch.empty(0)
+        lo = max(self._pf_out - margin, self._pf_base)
+        x = self._pf_raw[lo - self._pf_base :]
+        period, voicing = pf.sample_tracks(self._pf_period, self._pf_voicing, lo - self._pf_frame0 * hop, x.numel())
+        out = pf.apply(x[None], period, voicing, self.postfilter)[0, self._pf_out - lo : ready - lo]
+        self._pf_out = ready
+        keep = max(self._pf_out - margin, 0)  # forget what no later sample reads
+        self._pf_raw = self._pf_raw[keep - self._pf_base :]
+        self._pf_base = keep
+        first_frame = max(0, (keep + pf.frame_offset) // hop)
+        self._pf_period = self._pf_period[:, first_frame - self._pf_frame0 :]
+        self._pf_voicing = self._pf_voicing[:, first_frame - self._pf_frame0 :]
+        self._pf_frame0 = first_frame
+        self.compute_s += time.perf_counter() - t0
+        return out
+
+    def _correct(self, audio: torch.Tensor, final: bool) -> torch.Tensor:
+        """The mel correction stage: take post-filtered samples, return those whose correction
+        window is complete (every one left at the end). The window starts on a frame boundary
+        ``margin`` or more before the first sample returned, so that its frames are the
+        utterance's and its own start reaches no sample returned."""
+        if not self.mel_correction:
+            return audio
+        t0 = time.perf_counter()
+        mc, hop = self.vocoder.mel_correction, self.vocoder.hop_length
+        margin = mc.margin(self.mel_correction)
+        self._mc_raw = torch.cat([self._mc_raw, audio])
+        end = self._mc_base + self._mc_raw.numel()
+        ready = end if final else end - margin
+        if ready <= self._mc_out:
+            return torch.empty(0)
+        x = self._mc_raw[None].to(self.vocoder.device)
+        mel = self._mc_mel[None].to(self.vocoder.device)
+        # Each iteration drops the window's edges that no returned sample needs (not the
+        # utterance's own start or end, where offline synthesis has the same edge): half the work.
+        trim_start = self._mc_base > 0
+        start = self._mc_base + (self.mel_correction - 1) * mc.step_reach * trim_start
+        corrected = mc(x, mel, self.mel_correction, trim_start=trim_start, trim_end=not final)
+        out = corrected[0, self._mc_out - start : ready - start].cpu()
+        self._mc_out = ready
+        keep = max(self._mc_out - margin, 0) // hop * hop  # forget what no later sample reads
+        self._mc_raw = self._mc_raw[keep - self._mc_base :]
+        self._mc_mel = self._mc_mel[:, (keep - self._mc_base) // hop :]
+        self._mc_base = keep
+        self.compute_s += time.perf_counter() - t0
+        return out
+
+    def stream(self, chunks: Iterable[MelLike]) -> Iterator[MelLike]:
+        """Yield audio for an iterable of mel chunks, ending with the flush."""
+        for chunk in chunks:
+            audio = self.push(chunk)
+            if len(audio):
+                yield audio
+        yield self.flush()
+
+
+def synthesize_long(
+    vocoder: Vocoder,
+    mel: MelLike,
+    sigma: float | None = None,
+    seed: int | None = None,
+    postfilter: float | None = None,
+    mel_correction: int | None = None,
+    chunk_frames: int | None = None,
+    check_input: bool = True,
+    limit: bool = True,
+) -> np.ndarray:
+    """Audio ``(frames * hop,)`` float32 of one mel ``(n_mels, frames)`` of any length, through
+    ``StreamingVocoder`` in chunks of ``chunk_frames``: the working memory is that of one chunk
+    (the output array aside), where one offline pass grows with the length. Equal to the stream's
+    output with those chunks (default ``LONG_MEL_CHUNK``); close to ``vocoder(mel)`` (see the
+    module docstring). ``check_input`` and ``limit`` as ``StreamingVocoder`` takes them.
+    ``iter_long`` yields the same audio piece by piece, for writing it as it comes."""
+    pieces = iter_long(vocoder, mel, sigma, seed, postfilter, mel_correction, chunk_frames, check_input, limit)
+    audio = np.zeros(mel.shape[-1] * vocoder.hop_length, dtype=np.float32)  # mel checked by iter_long
+    at = 0
+    for piece in pieces:
+        audio[at : at + piece.size] = piece
+        at += piece.size
+    return audio
+
+
+def iter_long(
+    vocoder: Vocoder,
+    mel: MelLike,
+    sigma: float | None = None,
+    seed: int | None = None,
+    postfilter: float | None = None,
+    mel_correction: int | None = None,
+    chunk_frames: int | None = None,
+    check_input: bool = True,
+    limit: bool = True,
+) -> Iterator[np.ndarray]:
+    """``synthesize_long`` piece by piece: float32 audio pieces whose concatenation is
+    ``synthesize_long``'s output, for ``waveflow.dsp.audio.save_wav_pieces`` to write as they come.
+    The mel and the options are checked here, before the first piece is asked for."""
+    checked = check_mel(mel, vocoder.n_mels, name="mel")
+    if checked.shape[0] != 1:
+        raise ValueError(f"mel: shape {tuple(checked.shape)}; expected one mel ({vocoder.n_mels}, frames)")
+    chunk_frames = LONG_MEL_CHUNK if chunk_frames is None else chunk_frames
+    if not (isinstance(chunk_frames, int) and chunk_frames >= 1):
+        raise ValueError(f"chunk_frames must be an integer >= 1, got {chunk_frames!r}")
+    stream = StreamingVocoder(
+        vocoder,
+        sigma=sigma,
+        seed=seed,
+        postfilter=postfilter,
+        mel_correction=mel_correction,
+        check_input=check_input,
+        limit=limit,
+    )
+    return _pieces(stream, checked[0], chunk_frames)
+
+
+def _pieces(stream: StreamingVocoder, mel: torch.Tensor, chunk_frames: int) -> Iterator[np.ndarray]:
+    frames = mel.shape[1]
+    for k in range(0, frames + chunk_frames, chunk_frames):  # the last round flushes
+        piece = stream.push(mel[:, k : k + chunk_frames]) if k < frames else stream.flush()
+        if piece.numel():
+            yield piece.numpy()
+
+
+def snr_db(reference: np.ndarray | torch.Tensor, estimate: np.ndarray | torch.Tensor) -> float:
+    """10 log10(|reference|^2 / |reference - estimate|^2) over the common length."""
+    ref = torch.as_tensor(reference).double().flatten()
+    est = torch.as_tensor(estimate).double().flatten()
+    n = min(ref.numel(), est.numel())
+    noise = (ref[:n] - est[:n]).square().sum()
+    if noise == 0:
+        return math.inf
+    return float(10 * torch.log10(ref[:n].square().sum() / noise))

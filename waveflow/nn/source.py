@@ -1,0 +1,193 @@
+"""A pulse source phase-locked to the voice: sample-rate conditioning that tells the flow
+where the glottal pulses are.
+
+A flow trained by maximum likelihood on the LP residual learns the envelope and timing of
+speech quickly, but hardly any harmonics: the periodic part of the residual is a small share
+of its variance (a long-term predictor removes about 1 dB), so the likelihood has little to
+gain from it, and a source at the right period but a free-running phase gains nothing at all.
+This module gives the flow the phase of the real pulses, so that the likelihood can use it.
+
+Per sample n, from the mel alone (``MelPitch``: period P and periodicity score per frame,
+sample n in frame ``(n + frame_offset) // hop``):
+
+- voicing ``v = clip((score - VOICED) / VOICED_SPAN, 0, 1)`` (``pitch.period_voicing``);
+- three channels ``v * exp(BUMP * (cos(phi) - 1))`` (a narrow peak at each pulse),
+  ``v * cos(phi)`` and ``v * sin(phi)``, squeezed like the audio and appended to the
+  conditioning of every coupling.
+
+The phase ``phi`` is where the two uses differ:
+
+- training (``locked_phase``): pulses are picked in the real LP residual (in voiced runs, the
+  largest ``|e|`` within 0.7..1.3 periods of the previous pulse) and ``phi`` rises linearly
+  from 0 to 2 pi between consecutive pulses (at the mel's period outside voiced runs). The
+  likelihood is exact, and conditional on those pulse times;
+- synthesis (``free_phase``): ``phi`` runs free at the mel's period, ``phi(n) = phase0 +
+  sum_{m < n} 2 pi / P(m // hop)``; a stream carries ``phase0`` from chunk to chunk.
+
+Pulse picking runs in numpy on the CPU (a few ms per training batch); synthesis is tensor
+code on any device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from waveflow.config import MelConfig
+from waveflow.dsp.audio import sample_frames
+from waveflow.dsp.pitch import MelPitch, period_voicing
+
+CHANNELS = 3  # bump, cos, sin
+BUMP = 30.0  # sharpness of the pulse channel
+SEARCH = (0.7, 1.3)  # where the next pulse is looked for, in periods after the last one
+
+
+class PulseSource(nn.Module):
+    """Source channels ``(B, CHANNELS, L)`` for ``L`` samples of a mel ``(B, n_mels, F)``."""
+
+    def __init__(
+        self,
+        n_mels: int = 80,
+        sample_rate: int = 22050,
+        n_fft: int = 1024,
+        hop_length: int = 256,
+        f_min: float = 0.0,
+        f_max: float = 8000.0,
+        frame_offset: int = 128,
+        tracker: str = "comb",
+    ) -> None:
+        super().__init__()
+        self.pitch = MelPitch(n_mels, sample_rate, n_fft, f_min, f_max, tracker)
+        self.sample_rate = sample_rate
+        self.hop_length = hop_length
+        self.frame_offset = frame_offset
+
+    @classmethod
+    def for_mel(cls, mel: MelConfig, tracker: str = "comb") -> PulseSource:
+        """The pulse source for a mel convention, reading the pitch with ``tracker`` (the model's)."""
+        return cls(
+            mel.n_mels,
+            mel.sample_rate,
+            mel.n_fft,
+            mel.hop_length,
+            mel.f_min,
+            mel.f_max,
+            mel.frame_offset,
+            tracker=tracker,
+        )
+
+    def forward(
+        self,
+        mel: torch.Tensor,
+        length: int,
+        phase: torch.Tensor | None = None,
+        phase0: torch.Tensor | float = 0.0,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Source channels ``(B, CHANNELS, length)`` in the mel's dtype, at ``phase`` ``(B, length)``
+        when given, else locked to pulses picked in the LP ``residual`` (training), else running
+        free from ``phase0`` (synthesis). The mel's pitch tracks are computed once."""
+        period, voicing = self.frame_tracks(mel)
+        if phase is None and residual is not None:
+            phase = self._locked(residual, period, voicing)
+        elif phase is None:
+            phase = self._free(period, length, phase0)
+        return self._channels(voicing, phase, mel.dtype)
+
+    # ------------------------------------------------------------------ tracks
+    def frame_tracks(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Period in samples and voicing in [0, 1] per frame, ``(B, F)`` float64 each."""
+        return period_voicing(self.pitch(mel), self.sample_rate)
+
+    def _frames(self, length: int, frames: int, device: torch.device) -> torch.Tensor:
+        """The frame of each of the window's samples 0..length (sample 0 at frame 0's offset)."""
+        return sample_frames(0, length, frames, self.hop_length, self.frame_offset, device)
+
+    # ------------------------------------------------------------------ phase
+    def free_phase(self, mel: torch.Tensor, length: int, phase0: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """Synthesis phase ``(B, length)`` float64 in [0, 2 pi) of the window's samples 0..length,
+        starting at ``phase0`` (a float or ``(B,)``): ``phase0 + sum_{m < n} 2 pi / P(m // hop)``."""
+        return self._free(self.frame_tracks(mel)[0], length, phase0)
+
+    def _free(self, period: torch.Tensor, length: int, phase0: torch.Tensor | float) -> torch.Tensor:
+        # sample n takes the period of frame n // hop, so that a stream can carry the phase past
+        # the frames it has already emitted alone (``advance``)
+        idx = sample_frames(0, length, period.shape[1], self.hop_length, 0, period.device)
+        step = 2 * math.pi / period[:, idx]
+        phase = torch.cumsum(step, dim=1) - step
+        start = torch.as_tensor(phase0, dtype=torch.float64, device=period.device).reshape(-1, 1)
+        return torch.remainder(phase + start, 2 * math.pi)
+
+    def advance(self, mel: torch.Tensor, phase0: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """The free phase ``(B,)`` after all of ``mel``'s frames (``hop`` samples each), starting
+        at ``phase0``."""
+        start = torch.as_tensor(phase0, dtype=torch.float64, device=mel.device).reshape(-1)
+        if mel.shape[2] == 0:
+            return start.expand(mel.shape[0]).clone()
+        period, _ = self.frame_tracks(mel)
+        return torch.remainder((2 * math.pi * self.hop_length / period).sum(dim=1) + start, 2 * math.pi)
+
+    def locked_phase(self, residual: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        """Training phase ``(B, L)`` float64 from pulses picked in the LP residual ``(B, L)``."""
+        return self._locked(residual, *self.frame_tracks(mel))
+
+    def _locked(self, residual: torch.Tensor, period: torch.Tensor, voicing: torch.Tensor) -> torch.Tensor:
+        idx = self._frames(residual.shape[1], period.shape[1], period.device)
+        per = period[:, idx].detach().cpu().numpy()
+        voiced = (voicing[:, idx] > 0).cpu().numpy()
+        mag = residual.detach().abs().double().cpu().numpy()
+        out = np.stack([_phase_from_pulses(pick_pulses(mag[b], per[b], voiced[b]), per[b]) for b in range(len(mag))])
+        return torch.from_numpy(out).to(residual.device)
+
+    # ------------------------------------------------------------------ channels
+    def channels(self, mel: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        """``(B, CHANNELS, L)`` in the mel's dtype for a phase ``(B, L)``."""
+        return self._channels(self.frame_tracks(mel)[1], phase, mel.dtype)
+
+    def _channels(self, voicing: torch.Tensor, phase: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        v = voicing[:, self._frames(phase.shape[1], voicing.shape[1], voicing.device)]
+        c, s = torch.cos(phase), torch.sin(phase)
+        return torch.stack([v * torch.exp(BUMP * (c - 1.0)), v * c, v * s], dim=1).to(dtype)
+
+
+def pick_pulses(mag: np.ndarray, period: np.ndarray, voiced: np.ndarray) -> np.ndarray:
+    """Pulse times in the voiced runs of ``mag = |residual|`` (per-sample period and voicing):
+    the largest magnitude in the run's first period, then in each 0.7..1.3 periods after the last."""
+    pulses: list[int] = []
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], voiced.astype(np.int8), [0]])))
+    for lo, hi in zip(edges[0::2], edges[1::2], strict=True):
+        t = lo + int(np.argmax(mag[lo : min(lo + int(period[lo]), hi)]))
+        pulses.append(t)
+        while True:
+            p = period[t]
+            a, b = t + int(SEARCH[0] * p), min(t + int(SEARCH[1] * p) + 1, hi)
+            if a >= b:
+                break
+            t = a + int(np.argmax(mag[a:b]))
+            pulses.append(t)
+    return np.asarray(pulses, dtype=np.int64)
+
+
+def _phase_from_pulses(pulses: np.ndarray, period: np.ndarray) -> np.ndarray:
+    """Phase per sample: 0 at each pulse, linear in between; between pulses further apart than
+    1.3 periods (and before the first, after the last) marks are added at the local period."""
+    length = len(period)
+    marks: list[float] = []
+    t, i = 0.0, 0
+    while t < length:
+        p = period[min(int(t), length - 1)]
+        while i < len(pulses) and pulses[i] <= t:
+            i += 1
+        if i < len(pulses) and pulses[i] <= t + SEARCH[1] * p:
+            t = float(pulses[i])
+            i += 1
+        else:
+            t += p
+        marks.append(t)
+    edges = np.asarray([-period[0], *marks])
+    n = np.arange(length)
+    k = np.searchsorted(edges, n, side="right") - 1
+    return 2 * np.pi * (n - edges[k]) / (edges[k + 1] - edges[k])

@@ -1,0 +1,429 @@
+"""Copy-synthesis quality: ``waveflow evaluate``.
+
+For every clip: audio -> mel -> vocoder -> audio, compared with the original by the
+usual measures of vocoder papers: mel-L1 (mean |log-mel difference|), PESQ wide-band at 16 kHz
+(both signals resampled with soxr, quality HQ), STOI, and the held-out NLL of the original
+audio under the flow (nats and bits per sample). Griffin-Lim (librosa, 60 iterations, from
+the same mel) is scored the same way as the floor a trained model must beat.
+
+Pitch (with ``pyworld``): an independent tracker, WORLD's harvest, on the reference, the
+output and Griffin-Lim's output, at the mel's own frame centres. ``pitch_agreement`` gives the
+F0 error in cents over the frames voiced in both tracks and the voiced/unvoiced F1 with the
+reference as truth; the same figures for the mel-derived track (``MelPitch``, voiced where
+its voicing exceeds 0.5) against harvest on the reference say where the voice's pitch is
+decided, before any network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from waveflow.atomic import atomic_open
+
+log = logging.getLogger("waveflow")
+
+PESQ_RATE = 16000
+GRIFFIN_LIM_ITERS = 60
+MEASURES = ("mel_l1", "pesq_wb", "stoi")
+# harvest's search range: below LJSpeech's lowest F0 (about 75 Hz) and above a raised voice's
+# highest, wider than MelPitch's 69-551 Hz so that the tracker does not share its limits
+HARVEST_F0_RANGE = (60.0, 800.0)
+MEL_VOICED = 0.5  # a frame counts as voiced by the mel when period_voicing's voicing exceeds this
+PITCH_MEASURES = ("f0_median_cents", "f0_p90_cents", "f0_rmse_cents", "vuv_f1", "voiced_recall")
+PITCH_SYSTEMS = {
+    "waveflow": "waveflow output (harvest)",
+    "griffin_lim": "Griffin-Lim (60 it.) output (harvest)",
+    "mel_comb": "mel-derived track, comb tracker (voicing > 0.5)",
+    "mel_template": "mel-derived track, template tracker (voicing > 0.5)",
+}
+
+
+def _need(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ValueError(f"the {module} package is missing: pip install 'waveflow[eval]'") from None
+
+
+def pesq_wb(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> float:
+    """Wide-band PESQ at 16 kHz (NaN when PESQ finds no speech to score)."""
+    import soxr
+
+    pesq = _need("pesq")
+    ref = soxr.resample(reference, sample_rate, PESQ_RATE, quality="HQ")
+    deg = soxr.resample(degraded, sample_rate, PESQ_RATE, quality="HQ")
+    try:
+        return float(pesq.pesq(PESQ_RATE, ref, deg, "wb"))
+    except Exception as exc:  # pesq raises its own errors for silent or too-short input
+        log.warning("PESQ could not score this clip (%s)", exc)
+        return math.nan
+
+
+def stoi(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> float:
+    pystoi = _need("pystoi")
+    return float(pystoi.stoi(reference, degraded, sample_rate, extended=False))
+
+
+def mel_l1(reference: np.ndarray, degraded: np.ndarray, mel_fn: Callable) -> float:
+    """Mean |log-mel(reference) - log-mel(degraded)| over the common frames."""
+    a, b = mel_fn(reference), mel_fn(degraded)
+    n = min(a.shape[-1], b.shape[-1])
+    return float(np.abs(a[..., :n] - b[..., :n]).mean())
+
+
+def quality(reference: np.ndarray, degraded: np.ndarray, sample_rate: int, mel_fn: Callable) -> dict[str, float]:
+    """mel-L1, PESQ-wb and STOI of ``degraded`` against ``reference`` (1-D float arrays).
+
+    ``degraded`` is scored as a 16-bit wav holds it (``save_wav``'s clipping to [-1, 1)), so
+    that a score is what a listener of the written file gets.
+    """
+    n = min(len(reference), len(degraded))
+    reference = reference[:n].astype(np.float32)
+    degraded = np.clip(degraded[:n].astype(np.float32), -1.0, 32767.0 / 32768.0)
+    return {
+        "mel_l1": mel_l1(reference, degraded, mel_fn),
+        "pesq_wb": pesq_wb(reference, degraded, sample_rate),
+        "stoi": stoi(reference, degraded, sample_rate),
+    }
+
+
+def _pyworld():
+    """The pyworld module, or a ValueError saying why it cannot be used."""
+    try:
+        with warnings.catch_warnings():  # its pkg_resources deprecation notice, on every import
+            warnings.simplefilter("ignore", UserWarning)
+            import pyworld
+    except ImportError as exc:  # pyworld imports pkg_resources, gone from setuptools >= 81
+        raise ValueError(
+            f"pitch measures need pyworld, which cannot be imported ({exc}): "
+            "pip install 'waveflow[eval]' (pyworld and setuptools<81)"
+        ) from None
+    return pyworld
+
+
+def pitch_available() -> str | None:
+    """None when the pitch measures can run, else a one-line reason why not."""
+    try:
+        _pyworld()
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def harvest_f0(
+    audio: np.ndarray,
+    sample_rate: int,
+    hop: int,
+    frames: int | None = None,
+    start: int = 0,
+    f0_range: tuple[float, float] = HARVEST_F0_RANGE,
+) -> np.ndarray:
+    """F0 in Hz (0: unvoiced) of a 1-D ``audio`` by WORLD's harvest, ``(frames,)`` float64, at
+    samples ``start + i * hop``: the centres of the default convention's mel frames (frames
+    ``1 + len // hop``, the default count); the hifigan preset's are at ``hop / 2 + i * hop``."""
+    pyworld = _pyworld()
+    audio = np.asarray(audio)
+    if audio.ndim != 1 or not np.isfinite(audio).all():
+        raise ValueError(f"harvest_f0 needs 1-D finite audio, got shape {audio.shape}")
+    frames = 1 + len(audio) // hop if frames is None else frames
+    x = np.ascontiguousarray(audio[start:], dtype=np.float64)
+    # harvest's frame i is at i * frame_period ms of x, that is sample start + i * hop
+    f0, _ = pyworld.harvest(
+        x, sample_rate, f0_floor=f0_range[0], f0_ceil=f0_range[1], frame_period=1000.0 * hop / sample_rate
+    )
+    out = np.zeros(frames)
+    n = min(frames, len(f0))  # harvest counts int(1000 len / fs / period) + 1 frames, with float rounding
+    out[:n] = f0[:n]
+    return out
+
+
+def mel_f0(mel: np.ndarray, mel_cfg, tracker: str = "comb") -> np.ndarray:
+    """The mel-derived pitch track ``(F,)`` float64 of a log-mel ``(n_mels, F)``: F0 in Hz from
+    ``MelPitch``'s period (with ``tracker``) where its voicing exceeds ``MEL_VOICED``, else 0."""
+    from waveflow.dsp.pulsetrain import mel_tracks
+
+    f0, voicing = mel_tracks(mel, mel_cfg, tracker)
+    return np.where(voicing > MEL_VOICED, f0, 0.0)
+
+
+def pitch_agreement(f0_ref: np.ndarray, f0_est: np.ndarray) -> dict[str, float]:
+    """How far a pitch track ``f0_est`` is from ``f0_ref`` (same frames, F0 in Hz, 0 where unvoiced).
+
+    Over the frames voiced in both, the absolute error ``|1200 log2(est / ref)|`` in cents:
+    median, 90th percentile (numpy's linear interpolation) and root mean square (NaN when no
+    frame is voiced in both). Voicing, with ``f0_ref`` as the truth: ``vuv_f1`` = 2 TP / (2 TP +
+    FP + FN), ``voiced_recall`` = TP / (TP + FN) (the share of the reference's voiced frames
+    voiced in the estimate), ``voiced_precision`` = TP / (TP + FP); NaN where the denominator
+    is 0. ``voiced_both``: the number of frames voiced in both.
+    """
+    ref, est = np.asarray(f0_ref, dtype=np.float64), np.asarray(f0_est, dtype=np.float64)
+    if ref.ndim != 1 or ref.shape != est.shape:
+        raise ValueError(f"pitch tracks must be 1-D of one length, got shapes {ref.shape} and {est.shape}")
+    if not (np.isfinite(ref).all() and np.isfinite(est).all()) or (ref < 0).any() or (est < 0).any():
+        raise ValueError("pitch tracks must hold F0 in Hz >= 0 (0: unvoiced), finite")
+    v_ref, v_est = ref > 0, est > 0
+    both = v_ref & v_est
+    tp, fp, fn = int(both.sum()), int((v_est & ~v_ref).sum()), int((v_ref & ~v_est).sum())
+    cents = np.abs(1200.0 * np.log2(est[both] / ref[both]))
+    nan = math.nan
+    return {
+        "f0_median_cents": float(np.median(cents)) if tp else nan,
+        "f0_p90_cents": float(np.percentile(cents, 90)) if tp else nan,
+        "f0_rmse_cents": float(np.sqrt(np.mean(cents**2))) if tp else nan,
+        "vuv_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else nan,
+        "voiced_recall": tp / (tp + fn) if tp + fn else nan,
+        "voiced_precision": tp / (tp + fp) if tp + fp else nan,
+        "voiced_both": float(tp),
+    }
+
+
+def _as_written(audio: np.ndarray) -> np.ndarray:
+    """The audio as a 16-bit wav holds it (``save_wav`` clips to [-1, 1))."""
+    return np.clip(audio.astype(np.float32), -1.0, 32767.0 / 32768.0)
+
+
+def clip_pitch(
+    audio: np.ndarray, mel: np.ndarray, mel_cfg, outputs: dict[str, np.ndarray], trackers: tuple[str, ...] = ("comb",)
+) -> dict[str, dict]:
+    """Pitch figures of one clip: each of ``outputs`` (system -> audio, scored as written) and
+    the mel-derived track of each of ``trackers`` (``"mel_<tracker>"``), against harvest on
+    the reference ``audio``."""
+    frames, hop = mel.shape[-1], mel_cfg.hop_length
+    start = hop // 2 - mel_cfg.frame_offset  # where frame 0 is centred
+    track = lambda x: harvest_f0(x, mel_cfg.sample_rate, hop, frames, start)
+    ref = track(audio.astype(np.float32))
+    result = {name: pitch_agreement(ref, track(_as_written(out[: len(audio)]))) for name, out in outputs.items()}
+    for tracker in trackers:
+        result[f"mel_{tracker}"] = pitch_agreement(ref, mel_f0(mel, mel_cfg, tracker))
+    return result
+
+
+def _mean(values: list[float]) -> float:
+    """The mean of the finite values (NaN when there are none), without numpy's warning."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def griffin_lim(mel: np.ndarray, mel_cfg, length: int, n_iter: int = GRIFFIN_LIM_ITERS) -> np.ndarray:
+    """Audio from a log-mel ``(n_mels, F)`` by librosa's mel inversion and Griffin-Lim."""
+    librosa = _need("librosa")
+
+    if mel_cfg.preset != "default":
+        raise ValueError(f"Griffin-Lim floor is implemented for the default mel preset, not {mel_cfg.preset!r}")
+    magnitude = librosa.feature.inverse.mel_to_stft(
+        np.exp(mel.astype(np.float64)),
+        sr=mel_cfg.sample_rate,
+        n_fft=mel_cfg.n_fft,
+        power=1.0,
+        fmin=mel_cfg.f_min,
+        fmax=mel_cfg.f_max,
+        htk=False,
+        norm="slaney",
+    )
+    audio = librosa.griffinlim(
+        magnitude,
+        n_iter=n_iter,
+        hop_length=mel_cfg.hop_length,
+        win_length=mel_cfg.win_length,
+        n_fft=mel_cfg.n_fft,
+        window="hann",
+        center=True,
+        pad_mode="reflect",
+        length=length,
+        random_state=0,  # reproducible figures
+    )
+    return audio.astype(np.float32)
+
+
+def nll(voc, audio: np.ndarray, mel: np.ndarray) -> tuple[float, float]:
+    """NLL of ``audio`` under the flow given its mel: (nats, bits) per sample, at the
+    training sigma of the checkpoint's config."""
+    from waveflow.nn.loss import flow_nll
+
+    model = voc.model
+    with torch.inference_mode():
+        a = torch.from_numpy(audio)[None].to(voc.device)
+        m = torch.from_numpy(mel)[None].to(voc.device)
+        if voc.half:
+            a, m = a.half(), m.half()
+        z, logdet = model(a, m)
+        result = flow_nll(z.float(), logdet, sigma=voc.config.train.sigma)
+    return float(result.nats), float(result.bits)
+
+
+def silence_rms(
+    voc,
+    sigma: float | None = None,
+    seed: int = 0,
+    seconds: float = 2.0,
+    postfilter: float | None = None,
+    mel_correction: int | None = None,
+    limit: bool = True,
+) -> float:
+    """RMS of the audio for an all-silence mel (every band at the log floor): the model's hiss."""
+    frames = max(1, round(seconds * voc.sample_rate / voc.hop_length))
+    mel = np.full((voc.n_mels, frames), voc.silence, dtype=np.float32)
+    audio = voc(mel, sigma=sigma, seed=seed, postfilter=postfilter, mel_correction=mel_correction, limit=limit)
+    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+
+
+def find_clips(data: Path, split: str = "dev,test") -> list[Path]:
+    """The wavs of an LJSpeech-style folder (``wavs/*.wav``) or of a plain folder, sorted; for a
+    folder written by ``waveflow prepare``, the clips of the named splits (held out by default)."""
+    if not data.is_dir():
+        raise ValueError(f"{data}: no such data folder")
+    if (data / "prepared.json").is_file():
+        from waveflow.train.data import load_prepared
+
+        names = [s.strip() for s in split.split(",") if s.strip()]
+        unknown = sorted(set(names) - {"train", "dev", "test"})
+        if unknown or not names:
+            raise ValueError(f"--split {split!r}: expected a comma-separated list of train, dev, test")
+        return [Path(c.path) for name in names for c in load_prepared(data, name)]
+    folder = data / "wavs" if (data / "wavs").is_dir() else data
+    clips = sorted(folder.glob("*.wav"))
+    if not clips:
+        raise ValueError(f"{data}: no .wav files (looked in {folder})")
+    return clips
+
+
+def evaluate(
+    voc,
+    clips: list[Path],
+    sigma: float | None = None,
+    seed: int = 0,
+    griffin: bool = True,
+    postfilter: float | None = None,
+    mel_correction: int | None = None,
+    pitch: bool = True,
+    limit: bool = True,
+) -> dict:
+    """Score copy synthesis of every clip; returns {"clips": [...], "summary": {system: means}}
+    and, with ``pitch`` (needs pyworld), {"pitch": {system: means}} (``clip_pitch`` per clip)."""
+    from tqdm import tqdm
+
+    from waveflow.dsp.audio import load_wav
+
+    rows = []
+    for path in tqdm(clips, unit="clip", disable=len(clips) < 2 or not sys.stderr.isatty()):
+        audio = load_wav(path, voc.sample_rate)
+        mel = voc.mel(audio)
+        row = {"clip": path.stem, "seconds": len(audio) / voc.sample_rate}
+        t0 = time.perf_counter()
+        out = voc(mel, sigma=sigma, seed=seed, postfilter=postfilter, mel_correction=mel_correction, limit=limit)
+        row["synthesis_s"] = time.perf_counter() - t0
+        row["waveflow"] = quality(audio, out, voc.sample_rate, voc.mel)
+        row["waveflow"]["nll_nats"], row["waveflow"]["nll_bits"] = nll(voc, audio, mel)
+        outputs = {"waveflow": out}
+        if griffin:
+            gl = outputs["griffin_lim"] = griffin_lim(mel, voc.config.mel, len(audio))
+            row["griffin_lim"] = quality(audio, gl, voc.sample_rate, voc.mel)
+        if pitch:
+            # the track of the model's own tracker: the one its source and post-filter read
+            row["pitch"] = clip_pitch(audio, mel, voc.config.mel, outputs, (voc.config.model.pitch_tracker,))
+        rows.append(row)
+    systems = ["waveflow", "griffin_lim"] if griffin else ["waveflow"]
+    summary = {}
+    for system in systems:
+        keys = rows[0][system].keys()
+        summary[system] = {k: float(np.nanmean([r[system][k] for r in rows])) for k in keys}
+    audio_s = sum(r["seconds"] for r in rows)
+    summary["waveflow"]["real_time_factor"] = sum(r["synthesis_s"] for r in rows) / audio_s
+    summary["waveflow"]["silence_rms"] = silence_rms(
+        voc, sigma, seed, postfilter=postfilter, mel_correction=mel_correction, limit=limit
+    )
+    result = {"clips": rows, "summary": summary, "n_clips": len(rows), "audio_seconds": audio_s}
+    if pitch:
+        keys = rows[0]["pitch"]["waveflow"].keys()
+        result["pitch"] = {
+            system: {k: _mean([r["pitch"][system][k] for r in rows]) for k in keys} for system in rows[0]["pitch"]
+        }
+    return result
+
+
+def format_table(result: dict) -> str:
+    lines = [
+        f"{result['n_clips']} clips, {result['audio_seconds']:.1f} s of audio (means over clips)",
+        "| system | mel-L1 | PESQ-wb | STOI | NLL nats/sample | NLL bits/sample |",
+        "|---|---|---|---|---|---|",
+    ]
+    for system, s in result["summary"].items():
+        nats = f"{s['nll_nats']:.3f}" if "nll_nats" in s else "-"
+        bits = f"{s['nll_bits']:.3f}" if "nll_bits" in s else "-"
+        name = "Griffin-Lim (60 it.)" if system == "griffin_lim" else system
+        lines.append(f"| {name} | {s['mel_l1']:.3f} | {s['pesq_wb']:.3f} | {s['stoi']:.3f} | {nats} | {bits} |")
+    if "pitch" in result:
+        lines += ["", format_pitch_table(result["pitch"])]
+    return "\n".join(lines)
+
+
+def format_pitch_table(pitch: dict[str, dict[str, float]]) -> str:
+    """A markdown table of pitch figures, ``{system: pitch_agreement means}``."""
+    lines = [
+        "| pitch against harvest on the reference | F0 error median (cents) | F0 error p90 (cents) "
+        "| F0 RMSE (cents) | V/UV F1 | voiced recall |",
+        "|---|---|---|---|---|---|",
+    ]
+    for system, s in pitch.items():
+        cells = [f"{s[k]:.1f}" for k in PITCH_MEASURES[:3]] + [f"{s[k]:.3f}" for k in PITCH_MEASURES[3:]]
+        lines.append(f"| {PITCH_SYSTEMS.get(system, system)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> None:
+    from waveflow.infer.vocoder import load_vocoder
+
+    if args.limit < 0:
+        raise ValueError(f"--limit must be >= 0, got {args.limit}")
+    _need("pesq"), _need("pystoi")
+    clips = find_clips(Path(args.data), args.split)
+    if args.limit:
+        clips = clips[: args.limit]
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        raise ValueError(f"{args.json}: cannot write, its folder does not exist")
+    pitch = not args.no_pitch
+    if pitch and (reason := pitch_available()):
+        log.warning("pitch measures skipped: %s", reason)
+        pitch = False
+    voc = load_vocoder(args.checkpoint, args.device)
+    if args.mel_correction is not None and args.mel_correction < 0:
+        raise ValueError(f"--mel-correction must be an integer >= 0 (0: off), got {args.mel_correction}")
+    result = evaluate(
+        voc,
+        clips,
+        sigma=args.sigma,
+        seed=args.seed,
+        griffin=not args.no_griffin_lim,
+        postfilter=args.postfilter,
+        mel_correction=args.mel_correction,
+        pitch=pitch,
+        limit=not args.no_limiter,
+    )
+    result["checkpoint"] = str(args.checkpoint or "bundled")
+    result["sigma"] = voc.sigma if args.sigma is None else args.sigma
+    result["postfilter"] = voc.postfilter_strength if args.postfilter is None else args.postfilter
+    result["mel_correction"] = voc.mel_correction_iterations if args.mel_correction is None else args.mel_correction
+    print(format_table(result))
+    summary = result["summary"]["waveflow"]
+    print(
+        f"waveflow at sigma {result['sigma']:g}, post-filter {result['postfilter']:g}, "
+        f"mel correction {result['mel_correction']}: "
+        f"real-time factor {summary['real_time_factor']:.3f} on {args.device}; "
+        f"output rms for an all-silence mel: {summary['silence_rms']:.2e}"
+    )
+    if args.json:
+        path = Path(args.json)
+        with atomic_open(path, "w") as handle:
+            json.dump(result, handle, indent=2)
+        print(f"wrote {path}")
