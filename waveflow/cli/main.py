@@ -69,6 +69,8 @@ def _cmd_check(args: argparse.Namespace) -> None:
 
 def _cmd_info(args: argparse.Namespace) -> None:
     """Print what a checkpoint holds: architecture, mel convention, inference sigma, provenance."""
+    from waveflow.dsp.stages import checkpoint_settings
+    from waveflow.dsp.stages import describe as describe_stages
     from waveflow.infer.vocoder import DEFAULT_CHECKPOINT
     from waveflow.nn.checkpoint import checkpoint_config, read_checkpoint
 
@@ -97,6 +99,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
     iterations = cfg.train.eval_mel_correction
     correction = f"mel correction {iterations} iterations" if iterations else "no mel correction"
     print(f"inference sigma {cfg.train.eval_sigma:g}, {postfilter}, {correction} (training sigma {cfg.train.sigma:g})")
+    print(f"post-processing: {describe_stages(checkpoint_settings(cfg.train))} (waveflow.dsp.stages)")
     facts = [f"step {data['step']}" if "step" in data else None]
     if data.get("init_from"):
         start = data["init_from"]

@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from waveflow.dsp.limiter import soft_limit
 from waveflow.dsp.postfilter import HarmonicPostfilter
+from waveflow.dsp.stages import Chain, PostfilterStage
 
 TOP = 0.95  # share of the Nyquist frequency that the pulse train reaches
 TAPER_HZ = 500.0
@@ -107,16 +107,11 @@ def pulse_noise_vocoder(
     length = mel.shape[-1] * cfg.hop_length
     start = cfg.hop_length // 2 - cfg.frame_offset  # where frame 0 is centred
     e = pulse_noise(f0, voicing, length, cfg.sample_rate, cfg.hop_length, start, seed)
-    postfilter = voc.postfilter
-    if tracker is not None and tracker != voc.config.model.pitch_tracker:
+    stages = voc.chain(limit=limit).stages  # the checkpoint's post-processing, as Vocoder plays it
+    if tracker is not None and tracker != voc.config.model.pitch_tracker:  # the post-filter reads this one
         postfilter = HarmonicPostfilter.for_mel(cfg, tracker)
+        stages = [PostfilterStage(postfilter, s.strength) if isinstance(s, PostfilterStage) else s for s in stages]
     target = torch.from_numpy(np.asarray(mel, dtype=np.float32))[None]
     with torch.no_grad():
-        audio = voc.model.lpc.inverse(torch.from_numpy(e)[None], target)
-        if voc.postfilter_strength > 0:
-            audio = postfilter(audio, target, voc.postfilter_strength)
-        if voc.mel_correction_iterations:
-            audio = voc.mel_correction(audio, target, voc.mel_correction_iterations)
-    if limit:
-        audio = soft_limit(audio)
+        audio = Chain(stages)(voc.model.lpc.inverse(torch.from_numpy(e)[None], target), target)
     return audio[0].numpy()

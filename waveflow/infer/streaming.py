@@ -26,7 +26,6 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from waveflow.dsp.limiter import soft_limit
 from waveflow.dsp.melcorrect import check_iterations
 from waveflow.dsp.postfilter import check_strength
 from waveflow.infer.vocoder import (
@@ -95,6 +94,8 @@ class StreamingVocoder:
         if self.lookahead < 0 or self.lookback < 0:
             raise ValueError(f"lookahead and lookback must be >= 0, got {self.lookahead}, {self.lookback}")
         self.seed = vocoder.resolve_seed(seed)
+        # the post-processing after the flow (waveflow.dsp.stages), each stage streaming on its own
+        self.chain = vocoder.chain(postfilter=self.postfilter, mel_correction=self.mel_correction, limit=self.limit)
         self.compute_s = 0.0
         self.audio_samples = 0
         self.reset()
@@ -109,26 +110,12 @@ class StreamingVocoder:
         self._lp_state: torch.Tensor | None = None  # linear prediction: the last output samples
         self._phase = torch.zeros(1, dtype=torch.float64)  # pulse source: its phase at frame self._offset
         self._numpy = False  # the last chunk was a numpy array: return numpy
-        # post-filter: synthesized samples from absolute sample _pf_base, the next sample to
-        # return, and per-frame period and voicing from absolute frame _pf_frame0 on
-        self._pf_raw = torch.empty(0)
-        self._pf_base = 0
-        self._pf_out = 0
-        self._pf_frame0 = 0
-        self._pf_period = torch.empty(1, 0, dtype=torch.long)
-        self._pf_voicing = torch.empty(1, 0)
-        # mel correction: post-filtered samples from absolute sample _mc_base (a frame boundary),
-        # the next sample to return, and the mel from absolute frame _mc_base // hop on
-        self._mc_raw = torch.empty(0)
-        self._mc_base = 0
-        self._mc_out = 0
-        self._mc_mel = torch.empty(self.vocoder.n_mels, 0)
+        self._post = self.chain.stream(self.vocoder.device)  # the stages' state for this utterance
 
     @property
     def latency_ms(self) -> float:
         """Algorithmic latency: the look-ahead and the post-processing margins, in milliseconds."""
-        samples = self.lookahead * self.vocoder.hop_length + (self.vocoder.postfilter.margin if self.postfilter else 0)
-        samples += self.vocoder.mel_correction.margin(self.mel_correction)
+        samples = self.lookahead * self.vocoder.hop_length + self.chain.margin
         return 1000.0 * samples / self.vocoder.sample_rate
 
     @property
@@ -151,15 +138,8 @@ class StreamingVocoder:
             seen = self._mel[:, : self.SCALE_CHECK_FRAMES] if self._offset == 0 else chunk[0].cpu()
             warned = warn_mel_scale(seen, self.vocoder.config.mel.clamp_min, name="mel chunk")
             self._scale_checked = warned or self._offset + self._mel.shape[1] >= self.SCALE_CHECK_FRAMES
-        if self.postfilter:  # the tracks are a function of each frame alone
-            period, voicing = self.vocoder.postfilter.frame_tracks(chunk[:1].to(self.vocoder.device))
-            self._pf_period = torch.cat([self._pf_period, period.cpu()], dim=1)
-            self._pf_voicing = torch.cat([self._pf_voicing, voicing.cpu()], dim=1)
-        if self.mel_correction:
-            self._mc_mel = torch.cat([self._mc_mel, chunk[0].cpu()], dim=1)
         total = self._offset + self._mel.shape[1]
-        audio = self._filter(self._emit(total - self.lookahead, total), final=False)
-        return self._out(self._correct(audio, final=False))
+        return self._out(self._finish(self._emit(total - self.lookahead, total), chunk[0].cpu(), final=False))
 
     def flush(self) -> MelLike:
         """End of utterance: the remaining audio (with offline synthesis's silent tail as context),
@@ -169,14 +149,21 @@ class StreamingVocoder:
         total = self._offset + self._mel.shape[1]
         tail = torch.full((self.vocoder.n_mels, self.vocoder.tail_frames), self.vocoder.silence)
         self._mel = torch.cat([self._mel, tail], dim=1)
-        out = self._correct(self._filter(self._emit(total, total + self.vocoder.tail_frames), final=True), final=True)
+        no_frames = torch.empty(self.vocoder.n_mels, 0)  # the tail is the flow's context, not a stage's
+        out = self._finish(self._emit(total, total + self.vocoder.tail_frames), no_frames, final=True)
         self._done = True
         return self._out(out)
 
     def _out(self, audio: torch.Tensor) -> MelLike:
-        if self.limit:
-            audio = soft_limit(audio)
         return audio.numpy() if self._numpy else audio
+
+    def _finish(self, audio: torch.Tensor, mel: torch.Tensor, final: bool) -> torch.Tensor:
+        """The chain's streaming state takes the new samples and the frames pushed with them and
+        returns the samples that became final (every one left at the end)."""
+        t0 = time.perf_counter()
+        out = self._post.push(audio, mel, final)
+        self.compute_s += time.perf_counter() - t0
+        return out
 
     def _emit(self, end: int, available: int) -> torch.Tensor:
         """Audio of frames ``[emitted, end)`` from the window ending at frame ``available``."""
@@ -211,64 +198,6 @@ class StreamingVocoder:
             self._mel = self._mel[:, drop:]
             self._offset += drop
         return audio
-
-    def _filter(self, audio: torch.Tensor, final: bool) -> torch.Tensor:
-        """The post-filter stage: take newly synthesized samples, return those whose filter input
-        is complete (every one left at the end)."""
-        if not self.postfilter:
-            return audio
-        t0 = time.perf_counter()
-        pf, margin, hop = self.vocoder.postfilter, self.vocoder.postfilter.margin, self.vocoder.hop_length
-        self._pf_raw = torch.cat([self._pf_raw, audio])
-        end = self._pf_base + self._pf_raw.numel()
-        ready = end if final else end - margin
-        if ready <= self._pf_out:
-            return torch.empty(0)
-        lo = max(self._pf_out - margin, self._pf_base)
-        x = self._pf_raw[lo - self._pf_base :]
-        period, voicing = pf.sample_tracks(self._pf_period, self._pf_voicing, lo - self._pf_frame0 * hop, x.numel())
-        out = pf.apply(x[None], period, voicing, self.postfilter)[0, self._pf_out - lo : ready - lo]
-        self._pf_out = ready
-        keep = max(self._pf_out - margin, 0)  # forget what no later sample reads
-        self._pf_raw = self._pf_raw[keep - self._pf_base :]
-        self._pf_base = keep
-        first_frame = max(0, (keep + pf.frame_offset) // hop)
-        self._pf_period = self._pf_period[:, first_frame - self._pf_frame0 :]
-        self._pf_voicing = self._pf_voicing[:, first_frame - self._pf_frame0 :]
-        self._pf_frame0 = first_frame
-        self.compute_s += time.perf_counter() - t0
-        return out
-
-    def _correct(self, audio: torch.Tensor, final: bool) -> torch.Tensor:
-        """The mel correction stage: take post-filtered samples, return those whose correction
-        window is complete (every one left at the end). The window starts on a frame boundary
-        ``margin`` or more before the first sample returned, so that its frames are the
-        utterance's and its own start reaches no sample returned."""
-        if not self.mel_correction:
-            return audio
-        t0 = time.perf_counter()
-        mc, hop = self.vocoder.mel_correction, self.vocoder.hop_length
-        margin = mc.margin(self.mel_correction)
-        self._mc_raw = torch.cat([self._mc_raw, audio])
-        end = self._mc_base + self._mc_raw.numel()
-        ready = end if final else end - margin
-        if ready <= self._mc_out:
-            return torch.empty(0)
-        x = self._mc_raw[None].to(self.vocoder.device)
-        mel = self._mc_mel[None].to(self.vocoder.device)
-        # Each iteration drops the window's edges that no returned sample needs (not the
-        # utterance's own start or end, where offline synthesis has the same edge): half the work.
-        trim_start = self._mc_base > 0
-        start = self._mc_base + (self.mel_correction - 1) * mc.step_reach * trim_start
-        corrected = mc(x, mel, self.mel_correction, trim_start=trim_start, trim_end=not final)
-        out = corrected[0, self._mc_out - start : ready - start].cpu()
-        self._mc_out = ready
-        keep = max(self._mc_out - margin, 0) // hop * hop  # forget what no later sample reads
-        self._mc_raw = self._mc_raw[keep - self._mc_base :]
-        self._mc_mel = self._mc_mel[:, (keep - self._mc_base) // hop :]
-        self._mc_base = keep
-        self.compute_s += time.perf_counter() - t0
-        return out
 
     def stream(self, chunks: Iterable[MelLike]) -> Iterator[MelLike]:
         """Yield audio for an iterable of mel chunks, ending with the flush."""

@@ -29,10 +29,10 @@ import torch
 
 from waveflow.config import Config
 from waveflow.dsp.audio import MelSpectrogram
-from waveflow.dsp.limiter import soft_limit
 from waveflow.dsp.melcheck import MelScaleWarning, diagnose
 from waveflow.dsp.melcorrect import MelCorrection, check_iterations
 from waveflow.dsp.postfilter import HarmonicPostfilter, check_strength
+from waveflow.dsp.stages import Chain, build_chain
 from waveflow.nn.checkpoint import load_checkpoint
 from waveflow.nn.model import WaveGlow
 
@@ -460,10 +460,9 @@ class Vocoder:
         was given and how to convert it; False skips the check.
         """
         sigma = check_sigma(self.sigma if sigma is None else sigma)
-        seed, denoise = check_seed(seed), check_denoise(denoise)
-        postfilter = check_strength(self.postfilter_strength if postfilter is None else postfilter)
-        mel_correction = check_iterations(self.mel_correction_iterations if mel_correction is None else mel_correction)
-        options = (sigma, seed, generator, denoise, postfilter, mel_correction, bool(limit))
+        seed = check_seed(seed)
+        chain = self.chain(postfilter=postfilter, denoise=denoise, mel_correction=mel_correction, limit=limit)
+        options = (sigma, seed, generator, chain)
         if isinstance(mel, (list, tuple)):
             if lengths is not None:
                 raise ValueError("lengths= is for a padded batch array; a list already gives each mel its length")
@@ -513,6 +512,26 @@ class Vocoder:
             results.append(clip.cpu().numpy() if isinstance(m, np.ndarray) else clip.to(m.device))
         return results
 
+    def chain(
+        self,
+        postfilter: float | None = None,
+        denoise: float = 0.0,
+        mel_correction: int | None = None,
+        limit: bool = True,
+    ) -> Chain:
+        """The post-processing chain (``waveflow.dsp.stages``) a call with these settings applies
+        after the flow, in order: post-filter, denoiser, mel correction, limiter; None takes the
+        checkpoint's setting. ``chain.describe()`` names it, ``chain.margin`` is its look-ahead."""
+        settings = {
+            "postfilter": check_strength(self.postfilter_strength if postfilter is None else postfilter),
+            "denoise": check_denoise(denoise),
+            "mel_correction": check_iterations(
+                self.mel_correction_iterations if mel_correction is None else mel_correction
+            ),
+            "limiter": bool(limit),
+        }
+        return build_chain(self, settings)
+
     def _synthesize(
         self,
         batch: torch.Tensor,
@@ -520,10 +539,7 @@ class Vocoder:
         sigma: float,
         seed: int | None,
         generator: torch.Generator | None,
-        denoise: float,
-        postfilter: float = 0.0,
-        mel_correction: int = 0,
-        limit: bool = False,
+        chain: Chain,
     ) -> torch.Tensor:
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
@@ -534,16 +550,10 @@ class Vocoder:
             audio = self.synthesize_window(mel, 0, seed, sigma)[:, : batch.shape[2] * self.hop_length]
             for i, f in enumerate(frames):  # padded clips: silence, not the tail's audio, after the end
                 audio[i, f * self.hop_length :] = 0.0
-                if postfilter > 0:  # clip by clip, ending where the clip ends, as a stream does
+                if len(chain):  # clip by clip, ending where the clip ends, as a stream does
                     clip = audio[i : i + 1, : f * self.hop_length]
-                    audio[i, : f * self.hop_length] = self.postfilter(clip, mel[i : i + 1, :, :f], postfilter)[0]
-                if denoise > 0:  # clip by clip, so that a clip's padding never enters its spectrum
-                    audio[i, : f * self.hop_length] = self.denoiser(audio[i : i + 1, : f * self.hop_length], denoise)[0]
-                if mel_correction:  # last, toward the clip's own mel
-                    clip = audio[i : i + 1, : f * self.hop_length]
-                    target = mel[i : i + 1, :, :f]
-                    audio[i, : f * self.hop_length] = self.mel_correction(clip, target, mel_correction)[0]
-        return soft_limit(audio) if limit else audio
+                    audio[i, : f * self.hop_length] = chain(clip, mel[i : i + 1, :, :f])[0]
+        return audio
 
     @property
     def denoiser(self):

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from waveflow.config import Config, ConfigError, config_from_dict, load_config, 
 from waveflow.dsp.audio import MelSpectrogram, load_wav, mel_filterbank
 from waveflow.dsp.melcorrect import MelCorrection
 from waveflow.dsp.postfilter import HarmonicPostfilter
+from waveflow.dsp.stages import Chain, build_chain, checkpoint_settings
 from waveflow.nn.checkpoint import (
     atomic_save,
     checkpoint_config,
@@ -412,6 +414,17 @@ class Trainer:
 
     # -------------------------------------------------------------- evaluation
     @torch.no_grad()
+    def _post_chain(self) -> Chain:
+        """The post-processing a Vocoder of this checkpoint plays by default (its stored settings,
+        the limiter on), built from the config alone."""
+        cfg = self.cfg
+        parts = SimpleNamespace(
+            postfilter=HarmonicPostfilter.for_mel(cfg.mel, cfg.model.pitch_tracker).to(self.device),
+            mel_correction=MelCorrection.for_mel(cfg.mel),
+            denoiser=None,  # not a checkpoint setting: off
+        )
+        return build_chain(parts, checkpoint_settings(cfg.train))
+
     def evaluate(self) -> dict[str, float]:
         """NLL over the full dev clips (nats and bits per sample, weighted by length)."""
         model, cfg = self.model, self.cfg
@@ -434,12 +447,7 @@ class Trainer:
                 mel = self.mel_fn(audio)
                 gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed + i)
                 synth = model.infer(mel, sigma=cfg.train.eval_sigma, generator=gen)
-                if cfg.train.eval_postfilter:  # as the checkpoint will be heard (Vocoder's default)
-                    postfilter = HarmonicPostfilter.for_mel(cfg.mel, cfg.model.pitch_tracker).to(self.device)
-                    synth = postfilter(synth, mel, cfg.train.eval_postfilter)
-                if cfg.train.eval_mel_correction:
-                    synth = MelCorrection.for_mel(cfg.mel)(synth, mel, cfg.train.eval_mel_correction)
-                synth = synth.clamp(-1, 1)
+                synth = self._post_chain()(synth, mel).clamp(-1, 1)  # as the checkpoint will be heard
                 rate = cfg.mel.sample_rate
                 self.writer.add_audio(f"dev/audio_{i}", synth[0].cpu(), self.step, sample_rate=rate)
                 self.writer.add_audio(f"dev/audio_{i}_ground_truth", audio[0].cpu(), self.step, sample_rate=rate)
