@@ -34,15 +34,14 @@ import importlib.util
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from benchlib import print_table, time_interleaved, wait_for_idle
+from benchlib import sync_device as sync
 
 from waveflow.config import make_config, model_preset
 from waveflow.nn.compose import can_compose
@@ -56,11 +55,6 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # ------------------------------------------------------------------ measuring
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -84,26 +78,6 @@ def _memory_mb(device: torch.device, peak: bool) -> float | None:
     return None
 
 
-def _time(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, runs: int, warmup: int) -> dict:
-    """Median seconds of each function, the functions taking turns run by run."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            _time(fn, device)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(runs):
-        for name, fn in fns.items():
-            times[name].append(_time(fn, device))
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def peak_memory(args, **case) -> float | None:
     """Peak memory (MB) of a fresh process that builds one model and runs one call of
     ``case``, above what the process held before building it (Python and torch)."""
@@ -121,7 +95,7 @@ def probe(args, case: dict) -> None:
     """The child side of ``peak_memory``: prints {"peak_mb": ...}."""
     device = torch.device(case["device"])
     glow = load_reference(args.reference.expanduser()) if args.reference else None
-    _sync(device)
+    sync(device)
     before = _memory_mb(device, peak=False) if device.type == "cpu" else 0.0
     _reset_peak(device)
     impl, preset, dtype = case["impl"], case["preset"], DTYPES[case["precision"]]
@@ -149,7 +123,7 @@ def probe(args, case: dict) -> None:
                 (ref.half() if dtype == torch.float16 else ref).infer(mel, sigma=0.6)
             else:
                 model.optimize_for_inference(dtype, compose=impl == "composed").infer(mel, sigma=0.6)
-    _sync(device)
+    sync(device)
     print(json.dumps({"peak_mb": _memory_mb(device, peak=True) - before}))
 
 
@@ -157,7 +131,7 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: i
     """The rate of one square matmul, the ceiling the model's GFLOP/s is compared with."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = time_interleaved({"mm": lambda: a @ b}, device, runs, warmup=2)["mm"]
+    seconds = time_interleaved({"mm": lambda: a @ b}, runs, warmup=2, device=device)["mm"]
     return 2 * n**3 / seconds / 1e9
 
 
@@ -254,7 +228,7 @@ def bench_inference(args, preset: str, device: torch.device, precision: str, sec
     row: dict = dict(kind="inference", preset=preset, device=device.type, precision=precision)
     row.update(seconds=seconds, batch=batch, threads=torch.get_num_threads())
     with torch.inference_mode():
-        medians = time_interleaved(fns, device, args.runs, args.warmup)
+        medians = time_interleaved(fns, args.runs, args.warmup, device)
         case = dict(preset=preset, device=device.type, precision=precision, seconds=seconds, batch=batch)
         row["peak_mb"] = peak_memory(args, impl="waveflow", **case)
         if "composed" in fns:
@@ -318,7 +292,7 @@ def bench_training(args, preset: str, device: torch.device, precision: str, glow
         fns["reference"] = ref_step
     row: dict = dict(kind="training", preset=preset, device=device.type, precision=precision)
     row.update(seconds=round(segment / SAMPLE_RATE, 3), batch=batch, threads=torch.get_num_threads())
-    medians = time_interleaved(fns, device, args.train_runs, 1)
+    medians = time_interleaved(fns, args.train_runs, 1, device)
     case = dict(preset=preset, device=device.type, precision=precision, batch=batch, segment=segment)
     row["peak_mb"] = peak_memory(args, impl="train", **case)
     if ref is not None:
@@ -353,15 +327,6 @@ COLUMNS = [
     ("composed_speedup", "{:.2f}"),
     ("composed_of_matmul", "{:.0%}"),
 ]
-
-
-def print_table(rows: list[dict]) -> None:
-    header = [name for name, _ in COLUMNS]
-    cells = [[fmt.format(row[name]) if row.get(name) is not None else "-" for name, fmt in COLUMNS] for row in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
-    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=False)))
-    for c in cells:
-        print("  ".join(v.rjust(w) for v, w in zip(c, widths, strict=False)))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -403,6 +368,7 @@ def main(argv=None) -> int:
     seconds = [float(s) for s in args.seconds.split(",")]
     batches = [int(b) for b in args.batch.split(",")]
     rows, machine = [], {}
+    print(f"load {wait_for_idle():.2f} (1-minute average, before the first case)", flush=True)
     for device_name in args.devices.split(","):
         if device_name == "cuda" and not torch.cuda.is_available():
             print("cuda: not available, skipped", file=sys.stderr)
@@ -447,7 +413,7 @@ def main(argv=None) -> int:
                 if "composed_gflops" in row:
                     row["composed_of_matmul"] = row["composed_gflops"] / machine[device_name]["matmul_fp32_gflops"]
     print()
-    print_table(rows)
+    print_table(rows, COLUMNS)
     for device_name, info in machine.items():
         print(f"{device_name}: fp32 matmul {info['matmul_fp32_gflops']:.1f} GFLOP/s (2048x2048, median)")
     if args.json:

@@ -15,28 +15,16 @@ every measured call once, so that a slow spell of a shared machine hits them all
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+from functools import partial
 
 import torch
+from benchlib import time_interleaved, wait_for_idle
 
 from waveflow.config import model_preset
 from waveflow.nn.model import WaveGlow
 
 SAMPLE_RATE = 22050
 HOP = 256
-
-
-def interleaved_median_ms(calls: dict, runs: int) -> dict:
-    """``{name: (fn, *args)}`` -> ``{name: median ms}``, the calls taking turns."""
-    times: dict = {name: [] for name in calls}
-    for round_ in range(runs + 1):
-        for name, (fn, *args) in calls.items():
-            t0 = time.perf_counter()
-            fn(*args)
-            if round_:  # the first round warms up
-                times[name].append(time.perf_counter() - t0)
-    return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
 def source_channels(source, mel: torch.Tensor) -> torch.Tensor:
@@ -54,7 +42,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=15)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, LP order {args.order}, batch 1")
+    load = wait_for_idle()
+    print(f"torch {torch.__version__}, {args.threads} threads, LP order {args.order}, batch 1, load {load:.2f}")
     print(
         "| preset | seconds | model ms (no LP) | model ms (with LP) | LP ms | LP share | x real time (with LP) "
         "| model ms (LP + source) | source channels ms | x real time (LP + source) |"
@@ -70,14 +59,14 @@ def main(argv=None) -> int:
             mel = torch.randn(1, 80, frames, generator=torch.Generator().manual_seed(0)) - 5
             e = torch.randn(1, frames * HOP)
             calls = {
-                "plain": (plain.infer, mel),
-                "lp_model": (lp_model.infer, mel),
-                "lp": (lp_model.lpc.inverse, e, mel),
-                "src_model": (src_model.infer, mel),
-                "src": (source_channels, src_model.source, mel),
+                "plain": partial(plain.infer, mel),
+                "lp_model": partial(lp_model.infer, mel),
+                "lp": partial(lp_model.lpc.inverse, e, mel),
+                "src_model": partial(src_model.infer, mel),
+                "src": partial(source_channels, src_model.source, mel),
             }
             with torch.inference_mode():
-                ms = interleaved_median_ms(calls, args.runs)
+                ms = {k: 1000 * t for k, t in time_interleaved(calls, args.runs).items()}
             t_plain, t_lp_model, t_lp, t_src_model, t_src = (ms[k] for k in calls)
             audio_ms = 1000 * frames * HOP / SAMPLE_RATE
             print(

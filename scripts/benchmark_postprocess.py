@@ -16,30 +16,18 @@ the shared corpus's LJ001-0001 cut or repeated to length (``--wav`` for another 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from benchlib import time_interleaved, wait_for_idle
 
 from waveflow.dsp.audio import load_wav
 from waveflow.infer.vocoder import load_vocoder
 from waveflow.train.evaluate import griffin_lim
 
 DEFAULT_WAV = Path(__file__).resolve().parents[1] / "../shared/data/LJSpeech-1.1-mini/wavs/LJ001-0001.wav"
-
-
-def interleaved_median_ms(calls: dict, runs: int) -> dict:
-    """``{name: (fn, kwargs)}`` -> ``{name: median ms}``, the calls taking turns."""
-    times: dict = {name: [] for name in calls}
-    for round_ in range(runs + 1):
-        for name, (fn, kwargs) in calls.items():
-            t0 = time.perf_counter()
-            fn(**kwargs)
-            if round_:  # the first round warms up
-                times[name].append(time.perf_counter() - t0)
-    return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None) -> int:
@@ -56,26 +44,27 @@ def main(argv=None) -> int:
     voc = load_vocoder(args.checkpoint)
     audio = load_wav(args.wav, voc.sample_rate)
     full = voc.mel(audio)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch 1, mel of {args.wav.name}")
+    load = wait_for_idle()
+    print(f"torch {torch.__version__}, {args.threads} threads, batch 1, mel of {args.wav.name}, load {load:.2f}")
     print("| seconds | system | ms | x real time |")
     print("|---|---|---|---|")
     for seconds in (float(s) for s in args.seconds.split(",")):
         frames = round(seconds * voc.sample_rate / voc.hop_length)
         mel = np.tile(full, (1, -(-frames // full.shape[1])))[:, :frames].copy()
-        calls = {"model alone": (voc, {"mel": mel, "seed": 0, "postfilter": 0.0, "mel_correction": 0})}
+        calls = {"model alone": partial(voc, mel=mel, seed=0, postfilter=0.0, mel_correction=0)}
         for k in (int(i) for i in args.iterations.split(",")):
             setting = {"mel": mel, "seed": 0, "postfilter": 0.5, "mel_correction": k}
-            calls[f"post-filter 0.5, mel correction {k}"] = (voc, setting)
+            calls[f"post-filter 0.5, mel correction {k}"] = partial(voc, **setting)
         out = torch.from_numpy(voc(mel, seed=0, mel_correction=0))[None]
         target = torch.from_numpy(mel)[None]
         for k in (int(i) for i in args.iterations.split(",") if int(i)):
             setting = {"audio": out, "mel": target, "iterations": k}
-            calls[f"mel correction {k} alone (on the model's output)"] = (voc.mel_correction, setting)
+            calls[f"mel correction {k} alone (on the model's output)"] = partial(voc.mel_correction, **setting)
         if not args.no_griffin_lim:  # mel frames = 1 + samples // hop
             setting = {"mel": mel, "mel_cfg": voc.config.mel, "length": (frames - 1) * voc.hop_length}
-            calls["Griffin-Lim (60 it.)"] = (griffin_lim, setting)
+            calls["Griffin-Lim (60 it.)"] = partial(griffin_lim, **setting)
         with torch.inference_mode():
-            ms = interleaved_median_ms(calls, args.runs)
+            ms = {k: 1000 * t for k, t in time_interleaved(calls, args.runs).items()}
         for name, t in ms.items():
             print(f"| {seconds:g} | {name} | {t:.1f} | {1000 * seconds / t:.1f} |")
     return 0
