@@ -16,9 +16,9 @@ from test_train import TINY, _config, prepared  # noqa: F401  (prepared is a fix
 
 from waveflow.nn.checkpoint import read_checkpoint
 
-# Each kill restarts a training process (about 6 s on 2 cores); CI's suite has a 10-minute budget.
+# Each kill restarts a training process (about 8 s on 2 cores); the suite has a 10-minute budget.
 # WAVEFLOW_KILLS=50 pytest tests/test_faults.py -s gives the figure for a closing note.
-KILLS = int(os.environ.get("WAVEFLOW_KILLS", 10))
+KILLS = int(os.environ.get("WAVEFLOW_KILLS", 6))
 
 
 def _newest(folder):
