@@ -181,6 +181,22 @@ def test_bad_mels_raise_one_clear_error(mel, message):
     assert message in str(info.value)
 
 
+def test_the_finiteness_check_names_the_frames_and_is_not_fooled_by_an_overflowing_sum():
+    """check_mel clears a mel by its sum first (no temporaries the size of the mel); a sum that
+    overflows from huge finite values must not read as NaN, and the frames at fault are named."""
+    from waveflow.infer.vocoder import check_mel
+
+    huge = np.full((80, 10), 3e38, np.float32)  # finite, but its float32 sum is inf
+    assert torch.equal(check_mel(huge, 80)[0], torch.from_numpy(huge))
+    huge[3, 7], huge[0, 2] = np.nan, -np.inf
+    with pytest.raises(ValueError, match=r"NaN or Inf in 2 of 10 frames \(2, 7\)"):
+        check_mel(huge, 80)
+    mel = random_mel(30).numpy()
+    mel[5, 29] = np.inf
+    with pytest.raises(ValueError, match=r"NaN or Inf in 1 of 30 frames \(29\)"):
+        check_mel(mel, 80)
+
+
 def test_half_precision_needs_cuda():
     with pytest.raises(ValueError, match="CUDA"):
         tiny_vocoder(half=True)
