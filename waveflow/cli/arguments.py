@@ -21,16 +21,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
         help="start a new run from this checkpoint's weights (fine-tuning; conditioning inputs appended by "
         "the config, e.g. model.pulse_source, start at zero); not with --resume",
     )
-    p.add_argument("--device", choices=DEVICES, help="default: cuda when available")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value, e.g. --set train.max_steps=200 (repeatable)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_run_options(p, "override a config value, e.g. --set train.max_steps=200 (repeatable)")
 
 
 def add_finetune(p: argparse.ArgumentParser) -> None:
@@ -44,15 +35,13 @@ def add_finetune(p: argparse.ArgumentParser) -> None:
         "model); its config, inference sigma and post-processing are kept",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out with its own config")
+    _add_run_options(p, "override a training value, e.g. --set train.max_steps=4000 (repeatable)")
+
+
+def _add_run_options(p: argparse.ArgumentParser, set_help: str) -> None:
+    """``--device``, ``--set`` and ``--no-progress``, shared by train and finetune."""
     p.add_argument("--device", choices=DEVICES, help="default: cuda when available")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a training value, e.g. --set train.max_steps=4000 (repeatable)",
-    )
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help=set_help)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -311,9 +311,7 @@ def build_chain(vocoder: Any, settings: dict[str, Any]) -> Chain:
     """The chain a vocoder plays at ``settings`` (stage name -> setting; a stage not named takes
     its ``default``). ``vocoder`` provides the stages' parts (its post-filter, mel correction
     and denoiser, built for its mel convention)."""
-    _check_names(settings)
-    chosen = ((cls, settings.get(cls.name, cls.default)) for cls in STAGES)
-    return Chain([cls.from_vocoder(vocoder, setting) for cls, setting in chosen if not cls.is_off(setting)])
+    return Chain([cls.from_vocoder(vocoder, setting) for cls, setting in _chosen(settings)])
 
 
 def checkpoint_settings(train: Any) -> dict[str, Any]:
@@ -324,12 +322,13 @@ def checkpoint_settings(train: Any) -> dict[str, Any]:
 
 def describe(settings: dict[str, Any]) -> str:
     """``"post-filter 0.5 -> mel correction 8 steps -> limiter"``: the chain at ``settings``."""
-    _check_names(settings)
-    chosen = ((cls, settings.get(cls.name, cls.default)) for cls in STAGES)
-    return " -> ".join(cls.describe_setting(setting) for cls, setting in chosen if not cls.is_off(setting)) or "none"
+    return " -> ".join(cls.describe_setting(setting) for cls, setting in _chosen(settings)) or "none"
 
 
-def _check_names(settings: dict[str, Any]) -> None:
+def _chosen(settings: dict[str, Any]) -> list[tuple[type[Stage], Any]]:
+    """The stage classes that are on at ``settings``, in running order, with their settings."""
     unknown = sorted(set(settings) - {cls.name for cls in STAGES})
     if unknown:
         raise ValueError(f"unknown post-processing stage {unknown}; expected {[cls.name for cls in STAGES]}")
+    chosen = [(cls, settings.get(cls.name, cls.default)) for cls in STAGES]
+    return [(cls, setting) for cls, setting in chosen if not cls.is_off(setting)]
