@@ -18,7 +18,7 @@ from waveflow.nn.checkpoint import read_checkpoint
 
 # Each kill restarts a training process (about 8 s on 2 cores); the suite has a 10-minute budget.
 # WAVEFLOW_KILLS=50 pytest tests/test_faults.py -s gives the figure for a closing note.
-KILLS = int(os.environ.get("WAVEFLOW_KILLS", 6))
+KILLS = int(os.environ.get("WAVEFLOW_KILLS", 4))
 
 
 def _newest(folder):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def test_study_writes_one_folder_per_system_and_a_table(setup):
     assert summary["pulse_harvest"]["f0_median_cents"] < summary["pulse_mel"]["f0_median_cents"] + 15
 
 
-def test_study_without_the_predictors_skips_the_mos_columns_with_a_note(setup):
+def test_study_without_the_predictors_skips_the_mos_columns_with_a_note(setup, capsys):
     argv = ["--out", str(setup / "out2"), "--mos-python", str(setup / "no-such-python"), "--systems", "waveflow"]
     done = study(setup, *argv, clips=["one"])
     assert done.returncode == 0, done.stderr
@@ -92,7 +93,16 @@ def test_study_without_the_predictors_skips_the_mos_columns_with_a_note(setup):
     assert set(rows) == {"system", "---", "waveflow, tiny.pt, defaults", *tracks}
     assert rows["waveflow, tiny.pt, defaults"][:4] == ["-"] * 4 and "-" not in rows["waveflow, tiny.pt, defaults"][4:]
     assert [p.name for p in (setup / "out2").iterdir()] == ["waveflow"]
+    # bad arguments: one line and exit code 1 (the script's main in this process; the runs above
+    # cover it as a command)
+    spec = importlib.util.spec_from_file_location("naturalness_study", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
     bad_cases = [(["--clips", str(setup / "missing.wav")], "missing.wav"), (["--systems", "hifigan"], "hifigan")]
     for bad_args, message in bad_cases:
-        bad = study(setup, "--out", str(setup / "out3"), *bad_args)
-        assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and message in bad.stderr, bad.stderr
+        capsys.readouterr()
+        argv = ["--checkpoint", str(setup / "tiny.pt"), "--clips", str(setup / "one.wav"), "--out", str(setup / "out3")]
+        assert script.main([*argv, *bad_args]) == 1
+        err = capsys.readouterr().err
+        assert err.strip().count("\n") == 0 and message in err, err
+    assert not (setup / "out3").exists()
