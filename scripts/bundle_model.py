@@ -34,6 +34,7 @@ def card(args, data: dict) -> dict:
         out["quality"] = {
             "clips": [c["clip"] for c in scores["clips"]],
             "sigma": scores.get("sigma"),
+            "harmonic": scores.get("harmonic", 0.0),
             "postfilter": scores.get("postfilter", 0.0),
             "mel_correction": scores.get("mel_correction", 0),
             **{system: {k: float(f"{v:.4g}") for k, v in means.items()} for system, means in scores["summary"].items()},
@@ -59,6 +60,18 @@ def main() -> int:
         help="harmonic post-filter strength to ship (stored as train.eval_postfilter; default: the run's own)",
     )
     p.add_argument(
+        "--harmonic",
+        type=float,
+        default=None,
+        help="harmonic excitation strength to ship (stored as train.eval_harmonic; default: the run's own)",
+    )
+    p.add_argument(
+        "--pitch-tracker",
+        default=None,
+        help="the mel pitch tracker the pulse source and post-filter read (model.pitch_tracker; weightless, "
+        "so it can change after training; default: the run's own)",
+    )
+    p.add_argument(
         "--mel-correction",
         type=int,
         default=None,
@@ -77,6 +90,10 @@ def main() -> int:
         cfg = with_overrides(cfg, "train", eval_postfilter=args.postfilter)
     if args.mel_correction is not None:
         cfg = with_overrides(cfg, "train", eval_mel_correction=args.mel_correction)
+    if args.harmonic is not None:
+        cfg = with_overrides(cfg, "train", eval_harmonic=args.harmonic)
+    if args.pitch_tracker is not None:
+        cfg = with_overrides(cfg, "model", pitch_tracker=args.pitch_tracker)
     weights = {k: v.half() if v.is_floating_point() else v for k, v in data["model"].items()}
     bundled = {
         "format": FORMAT,

@@ -296,6 +296,7 @@ class TrainConfig:
     max_bad_steps: int = 10  # consecutive non-finite steps before the run stops
     eval_sigma: float = 0.6
     eval_postfilter: float = 0.0  # harmonic post-filter strength at inference (waveflow.dsp.postfilter); 0: off
+    eval_harmonic: float = 0.0  # harmonic excitation strength at inference (waveflow.dsp.harmonic); 0: off
     eval_mel_correction: int = 0  # mel correction iterations at inference (waveflow.dsp.melcorrect); 0: off
     eval_audio_clips: int = 2
     eval_max_clips: int = 0  # 0: every dev clip
@@ -307,6 +308,7 @@ class TrainConfig:
         _check(self.sigma > 0, "train.sigma must be positive")
         _check(self.eval_sigma >= 0, "train.eval_sigma (the inference sigma) must be >= 0")
         _check(0 <= self.eval_postfilter <= 1, "train.eval_postfilter (the post-filter strength) must be in [0, 1]")
+        _check(0 <= self.eval_harmonic <= 1, "train.eval_harmonic (the harmonic excitation strength) must be in [0, 1]")
         _check(self.eval_mel_correction >= 0, "train.eval_mel_correction (mel correction iterations) must be >= 0")
         _check(self.keep_last >= 1, "train.keep_last must be >= 1")
         _check(self.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")

@@ -46,7 +46,17 @@ def _add_run_options(p: argparse.ArgumentParser, set_help: str) -> None:
 
 
 def add_postfilter(parser: argparse.ArgumentParser) -> None:
-    """``--postfilter`` and ``--mel-correction``, shared by synthesize and evaluate."""
+    """``--harmonic``, ``--postfilter``, ``--mel-correction`` and ``--no-limiter``, shared by
+    synthesize and evaluate."""
+    parser.add_argument(
+        "--harmonic",
+        type=float,
+        default=None,
+        metavar="STRENGTH",
+        help="harmonic excitation strength in [0, 1]: the voiced share of the flow's residual made "
+        "periodic before the LP filter (models with a pulse source); 0 turns it off (default: the "
+        "checkpoint's; 1 for the bundled model)",
+    )
     parser.add_argument(
         "--postfilter",
         type=float,

@@ -98,7 +98,12 @@ def _cmd_info(args: argparse.Namespace) -> None:
     postfilter = f"harmonic post-filter {strength:g}" if strength else "no post-filter"
     iterations = cfg.train.eval_mel_correction
     correction = f"mel correction {iterations} iterations" if iterations else "no mel correction"
-    print(f"inference sigma {cfg.train.eval_sigma:g}, {postfilter}, {correction} (training sigma {cfg.train.sigma:g})")
+    harmonic = cfg.train.eval_harmonic
+    excitation = f"harmonic excitation {harmonic:g}, " if harmonic else ""
+    print(
+        f"inference sigma {cfg.train.eval_sigma:g}, {excitation}{postfilter}, {correction} "
+        f"(training sigma {cfg.train.sigma:g})"
+    )
     print(f"post-processing: {describe_stages(checkpoint_settings(cfg.train))} (waveflow.dsp.stages)")
     facts = [f"step {data['step']}" if "step" in data else None]
     if data.get("init_from"):

@@ -150,6 +150,8 @@ def run(args: argparse.Namespace) -> None:
         raise SynthesisError(f"--chunk-frames must be >= 1, got {args.chunk_frames}")
     if args.postfilter is not None and not 0 <= args.postfilter <= 1:
         raise SynthesisError(f"--postfilter must be in [0, 1] (0: off), got {args.postfilter}")
+    if args.harmonic is not None and not 0 <= args.harmonic <= 1:
+        raise SynthesisError(f"--harmonic must be in [0, 1] (0: off), got {args.harmonic}")
     if args.mel_correction is not None and args.mel_correction < 0:
         raise SynthesisError(f"--mel-correction must be an integer >= 0 (0: off), got {args.mel_correction}")
     if not (math.isfinite(args.denoise) and args.denoise >= 0):
@@ -225,6 +227,7 @@ def _offline(voc, mels: list[np.ndarray], args: argparse.Namespace) -> list[Iter
     from waveflow.infer.vocoder import LONG_MEL_FRAMES
 
     options = dict(sigma=args.sigma, seed=args.seed, postfilter=args.postfilter, mel_correction=args.mel_correction)
+    options["harmonic"] = args.harmonic
     options["check_input"] = False  # judged above, per file
     limit = not args.no_limiter
     outs: list[Iterable[np.ndarray] | None] = [None] * len(mels)
@@ -251,6 +254,7 @@ def _stream(voc, mel: np.ndarray, args: argparse.Namespace) -> Iterable[np.ndarr
         seed=args.seed,
         postfilter=args.postfilter,
         mel_correction=args.mel_correction,
+        harmonic=args.harmonic,
         check_input=False,  # judged per file before synthesis
         limit=not args.no_limiter and not args.denoise,
     )

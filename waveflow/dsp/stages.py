@@ -156,7 +156,6 @@ class PostfilterStage(Stage):
         return _PostfilterStream(self, device)
 
 
-
 class _PostfilterStream(StageStream):
     """Per-frame tracks as frames arrive (each a function of its frame alone); a sample is
     filtered once ``margin`` samples after it have arrived, from a window reaching ``margin``
@@ -223,7 +222,6 @@ class MelCorrectionStage(Stage):
         return _MelCorrectionStream(self, device)
 
 
-
 class _MelCorrectionStream(StageStream):
     """A sample is corrected once ``margin`` samples after it have arrived, from a window that
     starts on a frame boundary ``margin`` or more before the first sample returned, so that its
@@ -284,7 +282,6 @@ class DenoiseStage(Stage):
 
     def __call__(self, audio: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         return self.denoiser(audio, self.strength)
-
 
 
 class LimiterStage(Stage):

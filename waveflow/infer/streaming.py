@@ -57,7 +57,8 @@ class StreamingVocoder:
     ``lookahead``: frames of future context before a frame's audio is emitted (the
     algorithmic latency); ``lookback``: frames of past context (default: lookahead plus the
     mel upsampler's overlap). ``postfilter`` and ``mel_correction`` as ``Vocoder`` takes them
-    (default: the checkpoint's); each adds its margin to the latency. One utterance at a time;
+    (default: the checkpoint's); each adds its margin to the latency. ``harmonic`` as
+    ``Vocoder`` takes it (default: the checkpoint's; no latency: it reads whole frames). One utterance at a time;
     ``reset`` starts a new one. ``seed``: as ``Vocoder``'s (default 0). ``limit``: the soft
     limiter, as ``Vocoder`` applies it (memoryless: no latency). ``check_input``: warn
     once per utterance (``MelScaleWarning``) when the mel is not a log-mel of the convention,
@@ -77,8 +78,10 @@ class StreamingVocoder:
         mel_correction: int | None = None,
         check_input: bool = True,
         limit: bool = True,
+        harmonic: float | None = None,
     ) -> None:
         self.vocoder = vocoder
+        self.harmonic = vocoder.check_harmonic(harmonic)
         self.limit = bool(limit)
         self.check_input = check_input
         self.sigma = check_sigma(vocoder.sigma if sigma is None else sigma)
@@ -181,9 +184,11 @@ class StreamingVocoder:
             if source is not None:  # the phase at the window's start, from the phase at the buffer's start
                 phase0 = source.advance(self._mel[None, :, : start - self._offset].to(mel.device), self._phase)
             if lpc is None:
-                audio = self.vocoder.synthesize_window(mel, start, self.seed, self.sigma)[0, lo:hi].cpu()
+                audio = self.vocoder.synthesize_window(mel, start, self.seed, self.sigma, self.harmonic)[0, lo:hi]
+                audio = audio.cpu()
             else:  # the synthesis filter runs once over the utterance, its state carried from chunk to chunk
-                residual = self.vocoder.excitation_window(mel, start, self.seed, self.sigma, phase0)[:, lo:hi]
+                residual = self.vocoder.excitation_window(mel, start, self.seed, self.sigma, phase0, self.harmonic)
+                residual = residual[:, lo:hi]
                 a, g = lpc.coefficients(mel)
                 audio, self._lp_state = lpc.synthesize(residual, a, g, start=lo, state=self._lp_state)
                 audio = audio[0].float().cpu()
@@ -218,14 +223,17 @@ def synthesize_long(
     chunk_frames: int | None = None,
     check_input: bool = True,
     limit: bool = True,
+    harmonic: float | None = None,
 ) -> np.ndarray:
     """Audio ``(frames * hop,)`` float32 of one mel ``(n_mels, frames)`` of any length, through
     ``StreamingVocoder`` in chunks of ``chunk_frames``: the working memory is that of one chunk
     (the output array aside), where one offline pass grows with the length. Equal to the stream's
     output with those chunks (default ``LONG_MEL_CHUNK``); close to ``vocoder(mel)`` (see the
-    module docstring). ``check_input`` and ``limit`` as ``StreamingVocoder`` takes them.
+    module docstring). ``check_input``, ``limit`` and ``harmonic`` as ``StreamingVocoder`` takes them.
     ``iter_long`` yields the same audio piece by piece, for writing it as it comes."""
-    pieces = iter_long(vocoder, mel, sigma, seed, postfilter, mel_correction, chunk_frames, check_input, limit)
+    pieces = iter_long(
+        vocoder, mel, sigma, seed, postfilter, mel_correction, chunk_frames, check_input, limit, harmonic
+    )
     audio = np.zeros(mel.shape[-1] * vocoder.hop_length, dtype=np.float32)  # mel checked by iter_long
     at = 0
     for piece in pieces:
@@ -244,6 +252,7 @@ def iter_long(
     chunk_frames: int | None = None,
     check_input: bool = True,
     limit: bool = True,
+    harmonic: float | None = None,
 ) -> Iterator[np.ndarray]:
     """``synthesize_long`` piece by piece: float32 audio pieces whose concatenation is
     ``synthesize_long``'s output, for ``waveflow.dsp.audio.save_wav_pieces`` to write as they come.
@@ -262,6 +271,7 @@ def iter_long(
         mel_correction=mel_correction,
         check_input=check_input,
         limit=limit,
+        harmonic=harmonic,
     )
     return _pieces(stream, checked[0], chunk_frames)
 

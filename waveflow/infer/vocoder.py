@@ -29,6 +29,7 @@ import torch
 
 from waveflow.config import Config
 from waveflow.dsp.audio import MelSpectrogram
+from waveflow.dsp.harmonic import check_harmonic
 from waveflow.dsp.melcheck import MelScaleWarning, diagnose
 from waveflow.dsp.melcorrect import MelCorrection, check_iterations
 from waveflow.dsp.postfilter import HarmonicPostfilter, check_strength
@@ -158,9 +159,7 @@ def warn_mel_scale(mel: torch.Tensor, clamp_min: float, name: str = "mel", stack
     counts it from here: 3 names the caller of the method that calls this."""
     problem = diagnose(mel, clamp_min)
     if problem is not None:
-        warnings.warn(
-            f"{name}: {problem} (check_input=False silences this)", MelScaleWarning, stacklevel=stacklevel
-        )
+        warnings.warn(f"{name}: {problem} (check_input=False silences this)", MelScaleWarning, stacklevel=stacklevel)
     return problem is not None
 
 
@@ -361,24 +360,33 @@ class Vocoder:
     def _dtype(self) -> torch.dtype:
         return torch.float16 if self.half else torch.float32
 
-    def synthesize_window(self, mel: torch.Tensor, start_frame: int, seed: int, sigma: float) -> torch.Tensor:
+    def synthesize_window(
+        self, mel: torch.Tensor, start_frame: int, seed: int, sigma: float, harmonic: float = 0.0
+    ) -> torch.Tensor:
         """Audio ``(B, F * hop)`` of mel frames ``start_frame .. start_frame + F`` of a longer
         utterance (mel ``(B, n_mels, F)`` already on the device), with z of those absolute positions.
 
         With linear prediction the synthesis filter starts from silence at the window's start;
         ``StreamingVocoder`` carries the filter's state instead (``excitation_window``).
         """
-        out = self.excitation_window(mel, start_frame, seed, sigma)
+        out = self.excitation_window(mel, start_frame, seed, sigma, harmonic=harmonic)
         if self.model.lpc is not None:
             out = self.model.lpc.inverse(out, mel)
         return out.float()
 
     def excitation_window(
-        self, mel: torch.Tensor, start_frame: int, seed: int, sigma: float, phase0: torch.Tensor | float = 0.0
+        self,
+        mel: torch.Tensor,
+        start_frame: int,
+        seed: int,
+        sigma: float,
+        phase0: torch.Tensor | float = 0.0,
+        harmonic: float = 0.0,
     ) -> torch.Tensor:
         """The flow's output ``(B, F * hop)`` for a window as in ``synthesize_window``: the audio,
         or for a model with linear prediction the residual before the synthesis filter.
-        ``phase0``: a pulse source's phase at the window's start (0 at an utterance's start)."""
+        ``phase0``: a pulse source's phase at the window's start (0 at an utterance's start).
+        ``harmonic``: the harmonic excitation's strength (``waveflow.dsp.harmonic``; 0: off)."""
         hop, n_group = self.hop_length, self.model.cfg.n_group
         length = mel.shape[2] * hop
         first, last = start_frame * hop // n_group, -(-(start_frame * hop + length) // n_group)
@@ -386,7 +394,7 @@ class Vocoder:
             raise ValueError(f"hop {hop} is not a multiple of n_group {n_group}")
         z = self.latent(seed, first, last - first, sigma)
         z = z.unsqueeze(0).expand(mel.shape[0], -1, -1)
-        return self.model.excitation(z, mel.to(self._dtype), phase0)[:, :length]
+        return self.model.excitation(z, mel.to(self._dtype), phase0, harmonic=harmonic)[:, :length]
 
     @property
     def sigma(self) -> float:
@@ -399,6 +407,19 @@ class Vocoder:
         """The checkpoint's harmonic post-filter strength (``train.eval_postfilter``, 0: off),
         used when a call gives none."""
         return self.config.train.eval_postfilter
+
+    @property
+    def harmonic_strength(self) -> float:
+        """The checkpoint's harmonic excitation strength (``train.eval_harmonic``, 0: off; a model
+        with a pulse source), used when a call gives none."""
+        return self.config.train.eval_harmonic
+
+    def check_harmonic(self, strength: float | None) -> float:
+        """A call's harmonic excitation strength (None: the checkpoint's), checked against the model."""
+        strength = check_harmonic(self.harmonic_strength if strength is None else strength)
+        if strength and self.model.source is None:
+            raise ValueError("harmonic excitation needs a model with a pulse source; this one has none (use 0)")
+        return strength
 
     @property
     def postfilter(self) -> HarmonicPostfilter:
@@ -433,6 +454,7 @@ class Vocoder:
         mel_correction: int | None = None,
         check_input: bool = True,
         limit: bool = True,
+        harmonic: float | None = None,
     ) -> MelLike | list[MelLike]:
         """Synthesize audio.
 
@@ -445,6 +467,9 @@ class Vocoder:
         ``sigma``: the std of z; None takes the checkpoint's (``Vocoder.sigma``).
         ``postfilter``: harmonic post-filter strength in [0, 1] (``waveflow.dsp.postfilter``; 0: off);
         None takes the checkpoint's (``Vocoder.postfilter_strength``).
+        ``harmonic``: harmonic excitation strength in [0, 1] (``waveflow.dsp.harmonic``: the
+        voiced share of the flow's residual made periodic before the LP filter; 0: off); None
+        takes the checkpoint's (``Vocoder.harmonic_strength``).
         ``mel_correction``: iterations of the mel correction (``waveflow.dsp.melcorrect``; 0: off),
         applied last; None takes the checkpoint's (``Vocoder.mel_correction_iterations``).
 
@@ -465,7 +490,7 @@ class Vocoder:
         sigma = check_sigma(self.sigma if sigma is None else sigma)
         seed = check_seed(seed)
         chain = self.chain(postfilter=postfilter, denoise=denoise, mel_correction=mel_correction, limit=limit)
-        options = (sigma, seed, generator, chain)
+        options = (sigma, seed, generator, chain, self.check_harmonic(harmonic))
         if isinstance(mel, (list, tuple)):
             if lengths is not None:
                 raise ValueError("lengths= is for a padded batch array; a list already gives each mel its length")
@@ -543,6 +568,7 @@ class Vocoder:
         seed: int | None,
         generator: torch.Generator | None,
         chain: Chain,
+        harmonic: float = 0.0,
     ) -> torch.Tensor:
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
@@ -550,7 +576,7 @@ class Vocoder:
         pad = torch.full((batch.shape[0], self.n_mels, self.tail_frames), self.silence)
         mel = torch.cat([batch.cpu(), pad], dim=2).to(self.device)
         with torch.no_grad():
-            audio = self.synthesize_window(mel, 0, seed, sigma)[:, : batch.shape[2] * self.hop_length]
+            audio = self.synthesize_window(mel, 0, seed, sigma, harmonic)[:, : batch.shape[2] * self.hop_length]
             for i, f in enumerate(frames):  # padded clips: silence, not the tail's audio, after the end
                 audio[i, f * self.hop_length :] = 0.0
                 if len(chain):  # clip by clip, ending where the clip ends, as a stream does

@@ -222,11 +222,16 @@ class WaveGlow(nn.Module):
         mel: torch.Tensor,
         phase0: torch.Tensor | float = 0.0,
         phase: torch.Tensor | None = None,
+        harmonic: float = 0.0,
     ) -> torch.Tensor:
         """The flow's inverse alone: z -> ``(B, T' * n_group)``, the LP residual when the model
         has linear prediction (``lpc.synthesize`` turns it into audio), else the audio. A pulse
-        source runs free from ``phase0`` (a stream's carried phase), or follows ``phase``."""
+        source runs free from ``phase0`` (a stream's carried phase), or follows ``phase``.
+        ``harmonic`` > 0 (a model with a pulse source): the voiced share of the result made
+        periodic at that strength after the flow (``waveflow.dsp.harmonic``; weightless)."""
         self._check_mel(mel)
+        if harmonic and self.source is None:
+            raise ValueError("harmonic excitation needs a model with a pulse source (model.pulse_source)")
         cfg = self.cfg
         if z.dim() != 3 or z.shape[0] != mel.shape[0] or z.shape[1] != cfg.n_group:
             raise ValueError(f"z has shape {tuple(z.shape)}; expected ({mel.shape[0]}, {cfg.n_group}, steps)")
@@ -243,7 +248,10 @@ class WaveGlow(nn.Module):
                 x = self.flows[k].inverse(x, composed[k](mel, z.shape[2]), cond_projected=True)
             if cfg.early_output_at(k):
                 x = torch.cat([early.pop(), x], dim=1)
-        return unsqueeze(x)
+        x = unsqueeze(x)
+        if harmonic:
+            x = self.source.harmonic(x, mel, harmonic, phase0, phase)
+        return x
 
     def compose_conditioning(self) -> None:
         """Precompute, for every flow, the upsampler and its conditioning conv as one map

@@ -38,6 +38,7 @@ from torch import nn
 
 from waveflow.config import MelConfig
 from waveflow.dsp.audio import sample_frames
+from waveflow.dsp.harmonic import harmonic_mix, pulse_train
 from waveflow.dsp.pitch import MelPitch, period_voicing
 
 CHANNELS = 3  # bump, cos, sin
@@ -141,6 +142,27 @@ class PulseSource(nn.Module):
         mag = residual.detach().abs().double().cpu().numpy()
         out = np.stack([_phase_from_pulses(pick_pulses(mag[b], per[b], voiced[b]), per[b]) for b in range(len(mag))])
         return torch.from_numpy(out).to(residual.device)
+
+    # ------------------------------------------------------------------ harmonic excitation
+    def harmonic(
+        self,
+        residual: torch.Tensor,
+        mel: torch.Tensor,
+        strength: float,
+        phase0: torch.Tensor | float = 0.0,
+        phase: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The flow's residual ``(B, L)`` with its voiced share made periodic
+        (``waveflow.dsp.harmonic``): a pulse train at the free phase from ``phase0`` (or at
+        ``phase``), the phase the flow's conditioning was given, and at the period that drives it."""
+        period, voicing = self.frame_tracks(mel)
+        length = residual.shape[1]
+        if phase is None:
+            phase = self._free(period, length, phase0)
+        idx = sample_frames(0, length, period.shape[1], self.hop_length, 0, period.device)  # as _free
+        pulses = pulse_train(phase, self.sample_rate / period[:, idx], self.sample_rate)
+        v = voicing[:, self._frames(length, voicing.shape[1], voicing.device)]  # as the channels
+        return harmonic_mix(residual, pulses, v, strength, self.hop_length)
 
     # ------------------------------------------------------------------ channels
     def channels(self, mel: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:

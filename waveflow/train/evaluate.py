@@ -270,11 +270,13 @@ def silence_rms(
     postfilter: float | None = None,
     mel_correction: int | None = None,
     limit: bool = True,
+    harmonic: float | None = None,
 ) -> float:
     """RMS of the audio for an all-silence mel (every band at the log floor): the model's hiss."""
     frames = max(1, round(seconds * voc.sample_rate / voc.hop_length))
     mel = np.full((voc.n_mels, frames), voc.silence, dtype=np.float32)
-    audio = voc(mel, sigma=sigma, seed=seed, postfilter=postfilter, mel_correction=mel_correction, limit=limit)
+    options = dict(postfilter=postfilter, mel_correction=mel_correction, limit=limit, harmonic=harmonic)
+    audio = voc(mel, sigma=sigma, seed=seed, **options)
     return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
 
 
@@ -308,6 +310,7 @@ def evaluate(
     mel_correction: int | None = None,
     pitch: bool = True,
     limit: bool = True,
+    harmonic: float | None = None,
 ) -> dict:
     """Score copy synthesis of every clip; returns {"clips": [...], "summary": {system: means}}
     and, with ``pitch`` (needs pyworld), {"pitch": {system: means}} (``clip_pitch`` per clip)."""
@@ -321,7 +324,8 @@ def evaluate(
         mel = voc.mel(audio)
         row = {"clip": path.stem, "seconds": len(audio) / voc.sample_rate}
         t0 = time.perf_counter()
-        out = voc(mel, sigma=sigma, seed=seed, postfilter=postfilter, mel_correction=mel_correction, limit=limit)
+        options = dict(postfilter=postfilter, mel_correction=mel_correction, limit=limit, harmonic=harmonic)
+        out = voc(mel, sigma=sigma, seed=seed, **options)
         row["synthesis_s"] = time.perf_counter() - t0
         row["waveflow"] = quality(audio, out, voc.sample_rate, voc.mel)
         row["waveflow"]["nll_nats"], row["waveflow"]["nll_bits"] = nll(voc, audio, mel)
@@ -341,7 +345,7 @@ def evaluate(
     audio_s = sum(r["seconds"] for r in rows)
     summary["waveflow"]["real_time_factor"] = sum(r["synthesis_s"] for r in rows) / audio_s
     summary["waveflow"]["silence_rms"] = silence_rms(
-        voc, sigma, seed, postfilter=postfilter, mel_correction=mel_correction, limit=limit
+        voc, sigma, seed, postfilter=postfilter, mel_correction=mel_correction, limit=limit, harmonic=harmonic
     )
     result = {"clips": rows, "summary": summary, "n_clips": len(rows), "audio_seconds": audio_s}
     if pitch:
@@ -409,15 +413,18 @@ def run(args: argparse.Namespace) -> None:
         mel_correction=args.mel_correction,
         pitch=pitch,
         limit=not args.no_limiter,
+        harmonic=args.harmonic,
     )
     result["checkpoint"] = str(args.checkpoint or "bundled")
     result["sigma"] = voc.sigma if args.sigma is None else args.sigma
+    result["harmonic"] = voc.harmonic_strength if args.harmonic is None else args.harmonic
     result["postfilter"] = voc.postfilter_strength if args.postfilter is None else args.postfilter
     result["mel_correction"] = voc.mel_correction_iterations if args.mel_correction is None else args.mel_correction
     print(format_table(result))
     summary = result["summary"]["waveflow"]
     print(
-        f"waveflow at sigma {result['sigma']:g}, post-filter {result['postfilter']:g}, "
+        f"waveflow at sigma {result['sigma']:g}, harmonic excitation {result['harmonic']:g}, "
+        f"post-filter {result['postfilter']:g}, "
         f"mel correction {result['mel_correction']}: "
         f"real-time factor {summary['real_time_factor']:.3f} on {args.device}; "
         f"output rms for an all-silence mel: {summary['silence_rms']:.2e}"

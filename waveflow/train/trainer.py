@@ -136,9 +136,7 @@ def resolve_run_config(args: argparse.Namespace) -> Config:
         ours, theirs = getattr(start.train, key), getattr(cfg.train, key)
         if key not in overrides.get("train", {}) and ours != theirs:
             kept[key] = ours
-            log.info(
-                f"train.{key} {ours} from {path} (the config says {theirs}; --set train.{key}={theirs} to use it)"
-            )
+            log.info(f"train.{key} {ours} from {path} (the config says {theirs}; --set train.{key}={theirs} to use it)")
     return _with_overrides(cfg, {"train": kept}) if kept else cfg
 
 
