@@ -123,7 +123,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
     quality = card.get("quality") or {}
     clips = len(quality.get("clips", []))
     settings = {
-        "waveflow": f"sigma {quality.get('sigma')}, post-filter {quality.get('postfilter', 0)}, "
+        "waveflow": f"sigma {quality.get('sigma')}, harmonic excitation {quality.get('harmonic', 0)}, "
+        f"post-filter {quality.get('postfilter', 0)}, "
         f"mel correction {quality.get('mel_correction', 0)}",
         "griffin_lim": "60 iterations",
     }

@@ -151,6 +151,7 @@ class WaveGlow(nn.Module):
         phase: torch.Tensor | None = None,
         phase0: torch.Tensor | float = 0.0,
         residual: torch.Tensor | None = None,
+        tracks: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Mel ``(B, n_mels, F)`` -> conditioning ``(B, cond_channels, length / n_group)``.
 
@@ -171,7 +172,7 @@ class WaveGlow(nn.Module):
         up = up[:, :, :steps]
         if self.source is None:
             return squeeze_cond(up, self.cfg.n_group) if self.cfg.cond_rate == "sample" else up
-        pulses = self.source(mel, length, phase, phase0, residual).to(up.dtype)
+        pulses = self.source(mel, length, phase, phase0, residual, tracks).to(up.dtype)
         if self.cfg.cond_rate == "sample":
             return squeeze_cond(torch.cat([up, pulses], dim=1), self.cfg.n_group)
         return torch.cat([up, squeeze_cond(pulses, self.cfg.n_group)], dim=1)
@@ -236,7 +237,10 @@ class WaveGlow(nn.Module):
         if z.dim() != 3 or z.shape[0] != mel.shape[0] or z.shape[1] != cfg.n_group:
             raise ValueError(f"z has shape {tuple(z.shape)}; expected ({mel.shape[0]}, {cfg.n_group}, steps)")
         composed = self._composed_conditioning(mel.shape[2], z.shape[2])
-        cond = self.upsample_mel(mel, z.shape[2] * cfg.n_group, phase, phase0) if composed is None else None
+        tracks = self.source.frame_tracks(mel) if harmonic else None  # read once, by both
+        cond = None
+        if composed is None:
+            cond = self.upsample_mel(mel, z.shape[2] * cfg.n_group, phase, phase0, tracks=tracks)
         n_early = sum(cfg.early_output_at(k) for k in range(cfg.n_flows))
         split = n_early * cfg.n_early_size
         early = list(z[:, :split].split(cfg.n_early_size, dim=1)) if split else []
@@ -250,7 +254,7 @@ class WaveGlow(nn.Module):
                 x = torch.cat([early.pop(), x], dim=1)
         x = unsqueeze(x)
         if harmonic:
-            x = self.source.harmonic(x, mel, harmonic, phase0, phase)
+            x = self.source.harmonic(x, mel, harmonic, phase0, phase, tracks)
         return x
 
     def compose_conditioning(self) -> None:

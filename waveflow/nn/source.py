@@ -87,11 +87,13 @@ class PulseSource(nn.Module):
         phase: torch.Tensor | None = None,
         phase0: torch.Tensor | float = 0.0,
         residual: torch.Tensor | None = None,
+        tracks: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Source channels ``(B, CHANNELS, length)`` in the mel's dtype, at ``phase`` ``(B, length)``
         when given, else locked to pulses picked in the LP ``residual`` (training), else running
-        free from ``phase0`` (synthesis). The mel's pitch tracks are computed once."""
-        period, voicing = self.frame_tracks(mel)
+        free from ``phase0`` (synthesis). The mel's pitch tracks are computed once (or given:
+        ``frame_tracks(mel)``)."""
+        period, voicing = self.frame_tracks(mel) if tracks is None else tracks
         if phase is None and residual is not None:
             phase = self._locked(residual, period, voicing)
         elif phase is None:
@@ -151,11 +153,13 @@ class PulseSource(nn.Module):
         strength: float,
         phase0: torch.Tensor | float = 0.0,
         phase: torch.Tensor | None = None,
+        tracks: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The flow's residual ``(B, L)`` with its voiced share made periodic
         (``waveflow.dsp.harmonic``): a pulse train at the free phase from ``phase0`` (or at
-        ``phase``), the phase the flow's conditioning was given, and at the period that drives it."""
-        period, voicing = self.frame_tracks(mel)
+        ``phase``), the phase the flow's conditioning was given, and at the period that drives it.
+        ``tracks``: ``frame_tracks(mel)`` when the caller has them already."""
+        period, voicing = self.frame_tracks(mel) if tracks is None else tracks
         length = residual.shape[1]
         if phase is None:
             phase = self._free(period, length, phase0)
