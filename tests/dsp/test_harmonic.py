@@ -13,7 +13,7 @@ import torch
 from test_pitch import harmonic as harmonic_signal
 from test_source import source_model
 from test_streaming import stream_all
-from test_synthesize_cli import run_cli, run_in_process
+from test_synthesize_cli import run_in_process
 from test_vocoder import random_mel, write_tiny_checkpoint
 
 from waveflow.config import make_config
@@ -134,8 +134,8 @@ def test_cli_harmonic_option(tmp_path, capsys):
     outs = {}
     for strength in ("0", "1"):
         out = tmp_path / f"h{strength}.wav"
-        done = run_cli("synthesize", tmp_path / "mel.npy", "-o", out, "--checkpoint", tmp_path / "src.pt",
-                       "--harmonic", strength)  # fmt: skip
+        done = run_in_process(capsys, "synthesize", tmp_path / "mel.npy", "-o", out, "--checkpoint",
+                              tmp_path / "src.pt", "--harmonic", strength)  # fmt: skip
         assert done.returncode == 0, done.stderr
         outs[strength], _ = sf.read(out)
     assert snr_db(outs["0"], outs["1"]) < 20
