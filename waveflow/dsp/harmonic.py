@@ -42,10 +42,12 @@ def check_harmonic(strength: float) -> float:
 
 
 def pulse_train(phase: torch.Tensor, f0: torch.Tensor, sample_rate: int, top: float = TOP) -> torch.Tensor:
-    """Unit-power pulse train ``(B, L)`` float64 at ``phase`` (radians) for a per-sample ``f0``
-    (Hz, both ``(B, L)``): ``sqrt(2 / (K + a^2)) (sum_{k=1..K} cos(k phi) + a cos((K + 1) phi))``
+    """Unit-power pulse train ``(B, L)`` at ``phase`` (radians) for a per-sample ``f0`` (Hz, both
+    ``(B, L)`` or broadcastable; float32 in, float32 out, else float64):
+    ``sqrt(2 / (K + a^2)) (sum_{k=1..K} cos(k phi) + a cos((K + 1) phi))``
     with ``K + a = top * sample_rate / 2 / f0`` (K whole, a in [0, 1))."""
-    phase, f0 = phase.double(), f0.double()
+    dtype = phase.dtype if phase.dtype in (torch.float32, torch.float64) else torch.float64
+    phase, f0 = phase.to(dtype), f0.to(dtype)
     count = (top * sample_rate / 2 / f0).clamp(min=1.0)
     whole = torch.floor(count)
     part = count - whole
@@ -78,3 +80,35 @@ def harmonic_mix(
     e = residual.double()
     out = torch.sqrt(1.0 - mix) * e + torch.sqrt(mix) * block_rms(e, block) * pulses
     return out.to(residual.dtype)
+
+
+def harmonic_excitation(
+    residual: torch.Tensor,
+    phase: torch.Tensor,
+    f0: torch.Tensor,
+    voicing: torch.Tensor,
+    strength: float,
+    block: int,
+    sample_rate: int,
+) -> torch.Tensor:
+    """``harmonic_mix(residual, pulse_train(phase, f0[n // block]), voicing, strength, block)``
+    for an F0 per block ``f0`` ``(B, ceil(L / block))``, the other tensors ``(B, L)``: the same
+    sums with every per-block factor computed once per block and broadcast over its samples
+    (no per-sample gathers), in ``phase``'s dtype (float32 halves the cost; float64 gives the
+    definition to rounding). Where ``strength * voicing`` is 0 everywhere, ``residual`` itself."""
+    mix = (strength * voicing).clamp(0.0, 1.0)
+    if not bool((mix > 0).any()):
+        return residual
+    batch, length = residual.shape
+    runs = math.ceil(length / block)
+    dtype = phase.dtype
+
+    def blocks(x: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, runs, block), zeros past the end
+        return torch.nn.functional.pad(x.to(dtype), (0, runs * block - length)).reshape(batch, runs, block)
+
+    e = blocks(residual)
+    rms = block_rms(residual, block)[:, ::block].to(dtype).unsqueeze(-1)  # (B, runs, 1)
+    pulses = pulse_train(blocks(phase), f0[:, :runs].to(dtype).unsqueeze(-1), sample_rate)
+    m = blocks(mix)
+    out = torch.sqrt(1.0 - m) * e + torch.sqrt(m) * rms * pulses
+    return out.reshape(batch, -1)[:, :length].to(residual.dtype)

@@ -38,7 +38,7 @@ from torch import nn
 
 from waveflow.config import MelConfig
 from waveflow.dsp.audio import sample_frames
-from waveflow.dsp.harmonic import harmonic_mix, pulse_train
+from waveflow.dsp.harmonic import harmonic_excitation
 from waveflow.dsp.pitch import MelPitch, period_voicing
 
 CHANNELS = 3  # bump, cos, sin
@@ -163,10 +163,13 @@ class PulseSource(nn.Module):
         length = residual.shape[1]
         if phase is None:
             phase = self._free(period, length, phase0)
-        idx = sample_frames(0, length, period.shape[1], self.hop_length, 0, period.device)  # as _free
-        pulses = pulse_train(phase, self.sample_rate / period[:, idx], self.sample_rate)
+        # sample n takes frame n // hop's period, as _free does (clamped to the frames given)
+        runs = -(-length // self.hop_length)
+        idx = torch.arange(runs, device=period.device).clamp(max=period.shape[1] - 1)
         v = voicing[:, self._frames(length, voicing.shape[1], voicing.device)]  # as the channels
-        return harmonic_mix(residual, pulses, v, strength, self.hop_length)
+        f0 = self.sample_rate / period[:, idx]
+        phase = phase.float()  # in [0, 2 pi): float32 is exact enough for the pulses, and twice as fast
+        return harmonic_excitation(residual, phase, f0, v.float(), strength, self.hop_length, self.sample_rate)
 
     # ------------------------------------------------------------------ channels
     def channels(self, mel: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
