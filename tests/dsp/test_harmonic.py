@@ -18,7 +18,17 @@ from test_vocoder import random_mel, write_tiny_checkpoint
 
 from waveflow.config import make_config
 from waveflow.dsp.audio import MelSpectrogram
-from waveflow.dsp.harmonic import TOP, block_rms, check_harmonic, harmonic_excitation, harmonic_mix, pulse_train
+from waveflow.dsp.harmonic import (
+    CUTOFF_HZ,
+    TOP,
+    block_rms,
+    check_harmonic,
+    harmonic_excitation,
+    harmonic_mix,
+    pulse_top,
+    pulse_train,
+    split,
+)
 from waveflow.infer.streaming import StreamingVocoder, snr_db
 from waveflow.infer.vocoder import Vocoder
 from waveflow.nn.checkpoint import save_checkpoint
@@ -67,11 +77,18 @@ def test_mix_keeps_the_power_per_block_and_is_off_at_zero():
     phase = torch.remainder(torch.arange(4096, dtype=torch.float64) * 2 * math.pi / 97.3, 2 * math.pi).expand(2, -1)
     p = pulse_train(phase, torch.full((2, 4096), SR / 97.3), SR)
     voicing = torch.rand(2, 4096, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(harmonic_mix(e, p, voicing, 0.0, 256), e)
-    torch.testing.assert_close(harmonic_mix(e, p, torch.zeros_like(voicing), 1.0, 256), e)
-    full = harmonic_mix(e, p, torch.ones_like(voicing), 1.0, 256)  # all pulse train, at e's level per block
-    torch.testing.assert_close(full, block_rms(e, 256) * p)
-    half = harmonic_mix(e, p, voicing, 0.5, 256)
+    torch.testing.assert_close(harmonic_mix(e, p, voicing, 0.0, 256, SR), e)
+    torch.testing.assert_close(harmonic_mix(e, p, torch.zeros_like(voicing), 1.0, 256, SR), e)
+    low, high = split(e, SR)
+    torch.testing.assert_close(low + high, e)
+    # the split: the low part holds what is below the cut-off, the high part what is above
+    spectrum = torch.fft.rfft(high[0]).abs().square()
+    freqs = torch.fft.rfftfreq(4096, 1 / SR)
+    assert float(spectrum[freqs < CUTOFF_HZ - 700].sum()) < 1e-3 * float(spectrum[freqs > CUTOFF_HZ + 700].sum())
+    # all pulse train below the cut-off at the low part's level per block, the flow above it
+    full = harmonic_mix(e, p, torch.ones_like(voicing), 1.0, 256, SR)
+    torch.testing.assert_close(full, block_rms(low, 256) * p + high)
+    half = harmonic_mix(e, p, voicing, 0.5, 256, SR)
     ratio = block_rms(half, 256)[:, ::256] / block_rms(e, 256)[:, ::256]
     assert float((ratio - 1).abs().median()) < 0.15  # uncorrelated parts: the power stays
 
@@ -85,7 +102,7 @@ def test_the_blockwise_path_equals_the_definition():
     voicing = torch.rand(2, 3000, generator=gen, dtype=torch.float64)
     voicing[:, 1000:2200] = 0.0  # an unvoiced stretch, across block edges
     for strength in (0.4, 1.0):
-        want = harmonic_mix(e, pulse_train(phase, f0, SR), voicing, strength, 256)
+        want = harmonic_mix(e, pulse_train(phase, f0, SR, pulse_top(SR)), voicing, strength, 256, SR)
         got = harmonic_excitation(e, phase, f0_blocks, voicing, strength, 256, SR)
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
         # float32, as the vocoder runs it: within 5e-4 of the peak (measured 1.1e-4, at the pulses
