@@ -11,7 +11,7 @@ flow's conditioning was given, so the pulses fall where the flow put its own), t
     e'[n] = sqrt(1 - s v) l[n] + sqrt(s v) r[n] p[n] + h[n]
 
 - ``e`` the flow's residual, split at ``CUTOFF_HZ`` by a linear-phase low-pass FIR (the
-  post-filter's, ``FIR_HALF`` taps either side) into ``l`` and ``h = e - l``: above the
+  post-filter's design, ``SPLIT_HALF`` taps either side) into ``l`` and ``h = e - l``: above the
   cut-off the flow's residual stays as it is (natural voiced speech is mostly aperiodic up
   there, and pulses to 10 kHz sound buzzy, most of all at low F0);
 - ``r`` the rms of ``l`` over the hop-long block of samples that holds n (blocks on the
@@ -24,7 +24,7 @@ flow's conditioning was given, so the pulses fall where the flow put its own), t
 
 ``e'`` keeps ``e``'s power per block (the parts are uncorrelated on average); the LP filter
 gives the envelope and the level, and the post-processing runs on the result as before. A
-sample reads ``FIR_HALF`` samples of ``e`` either side, well inside a stream's look-back and
+sample reads ``SPLIT_HALF`` samples of ``e`` either side, well inside a stream's look-back and
 look-ahead of whole frames.
 ``s = 0`` (or ``v = 0``: unvoiced frames) gives the flow's residual back unchanged. The flow
 and its likelihood are untouched: training never runs this step.
@@ -43,6 +43,7 @@ TOP = 0.95  # share of the Nyquist frequency that a pulse train reaches by defau
 # (DistillMOS): +0.07 on the held-out clips, +0.16 and +0.08 on them resampled to a lower and a
 # higher voice, -0.03 on 8 training clips; 3 and 5 kHz did worse on those clips.
 CUTOFF_HZ = 4000.0
+SPLIT_HALF = 16  # taps either side of the split's low-pass FIR (33 taps: about 1.3 kHz of transition)
 
 
 def check_harmonic(strength: float) -> float:
@@ -85,7 +86,7 @@ def block_rms(x: torch.Tensor, block: int) -> torch.Tensor:
 def split(residual: torch.Tensor, sample_rate: int, cutoff_hz: float = CUTOFF_HZ) -> tuple[torch.Tensor, torch.Tensor]:
     """``residual`` ``(B, L)`` -> the parts below and above ``cutoff_hz`` (they sum to it),
     by the post-filter's linear-phase low-pass FIR; zeros outside the signal."""
-    low = _fir(residual, lowpass_taps(cutoff_hz, sample_rate).to(residual.device, residual.dtype))
+    low = _fir(residual, lowpass_taps(cutoff_hz, sample_rate, SPLIT_HALF).to(residual.device, residual.dtype))
     return low, residual - low
 
 
