@@ -36,7 +36,7 @@ import math
 
 import torch
 
-from waveflow.dsp.postfilter import _fir, lowpass_taps
+from waveflow.dsp.postfilter import fir, lowpass_taps
 
 TOP = 0.95  # share of the Nyquist frequency that a pulse train reaches by default
 # Where the pulses stop and the flow's residual takes over. Measured against pulses up to TOP
@@ -71,39 +71,27 @@ def pulse_train(phase: torch.Tensor, f0: torch.Tensor, sample_rate: int, top: fl
     return raw * torch.sqrt(2.0 / (whole + part * part))
 
 
-def block_rms(x: torch.Tensor, block: int) -> torch.Tensor:
-    """The rms ``(B, L)`` of ``x`` ``(B, L)`` over the ``block``-long runs of samples 0.., each
-    sample taking its own run's (the last run may be shorter)."""
+def run_rms(x: torch.Tensor, block: int) -> torch.Tensor:
+    """The rms ``(B, ceil(L / block))`` float64 of ``x`` ``(B, L)`` over its ``block``-long runs of
+    samples 0.. (the last run may be shorter)."""
     length = x.shape[1]
     runs = math.ceil(length / block)
     padded = torch.nn.functional.pad(x.double().square(), (0, runs * block - length))
     counts = torch.full((runs,), float(block), dtype=torch.float64, device=x.device)
     counts[-1] = length - (runs - 1) * block
-    rms = (padded.reshape(x.shape[0], runs, block).sum(-1) / counts).sqrt()
-    return rms.repeat_interleave(block, dim=1)[:, :length]
+    return (padded.reshape(x.shape[0], runs, block).sum(-1) / counts).sqrt()
 
 
 def split(residual: torch.Tensor, sample_rate: int, cutoff_hz: float = CUTOFF_HZ) -> tuple[torch.Tensor, torch.Tensor]:
     """``residual`` ``(B, L)`` -> the parts below and above ``cutoff_hz`` (they sum to it),
     by the post-filter's linear-phase low-pass FIR; zeros outside the signal."""
-    low = _fir(residual, lowpass_taps(cutoff_hz, sample_rate, SPLIT_HALF).to(residual.device, residual.dtype))
+    low = fir(residual, lowpass_taps(cutoff_hz, sample_rate, SPLIT_HALF).to(residual.device, residual.dtype))
     return low, residual - low
 
 
 def pulse_top(sample_rate: int, cutoff_hz: float = CUTOFF_HZ) -> float:
     """The share of the Nyquist frequency the step's pulse train reaches: the cut-off's."""
     return min(TOP, cutoff_hz / (sample_rate / 2))
-
-
-def harmonic_mix(
-    residual: torch.Tensor, pulses: torch.Tensor, voicing: torch.Tensor, strength: float, block: int, sample_rate: int
-) -> torch.Tensor:
-    """``sqrt(1 - s v) l + sqrt(s v) rms(l) p + h`` (see the module docstring) in ``residual``'s
-    dtype, for pulses up to ``pulse_top(sample_rate)``; every tensor argument ``(B, L)``."""
-    mix = (strength * voicing.double()).clamp(0.0, 1.0)
-    low, high = split(residual.double(), sample_rate)
-    out = torch.sqrt(1.0 - mix) * low + torch.sqrt(mix) * block_rms(low, block) * pulses + high
-    return out.to(residual.dtype)
 
 
 def harmonic_excitation(
@@ -115,12 +103,13 @@ def harmonic_excitation(
     block: int,
     sample_rate: int,
 ) -> torch.Tensor:
-    """``harmonic_mix(residual, pulse_train(phase, f0[n // block], sample_rate, pulse_top(sample_rate)),
-    voicing, strength, block, sample_rate)``
-    for an F0 per block ``f0`` ``(B, ceil(L / block))``, the other tensors ``(B, L)``: the same
-    sums with every per-block factor computed once per block and broadcast over its samples
-    (no per-sample gathers), in ``phase``'s dtype (float32 halves the cost; float64 gives the
-    definition to rounding). Where ``strength * voicing`` is 0 everywhere, ``residual`` itself."""
+    """``sqrt(1 - s v) l + sqrt(s v) rms(l) p + h`` (the module docstring) with ``p`` =
+    ``pulse_train(phase, f0[n // block], sample_rate, pulse_top(sample_rate))``, for an F0 per
+    block ``f0`` ``(B, ceil(L / block))``, the other tensors ``(B, L)``. Every per-block factor is
+    computed once per block and broadcast over its samples (no per-sample gathers), in
+    ``phase``'s dtype (float32 halves the cost; float64 gives the definition to rounding; the
+    tests hold it against a per-sample reference). Where ``strength * voicing`` is 0
+    everywhere, ``residual`` itself."""
     mix = (strength * voicing).clamp(0.0, 1.0)
     if not bool((mix > 0).any()):
         return residual
@@ -132,7 +121,7 @@ def harmonic_excitation(
         return torch.nn.functional.pad(x.to(dtype), (0, runs * block - length)).reshape(batch, runs, block)
 
     low, high = split(residual.to(dtype), sample_rate)
-    rms = block_rms(low, block)[:, ::block].to(dtype).unsqueeze(-1)  # (B, runs, 1)
+    rms = run_rms(low, block).to(dtype).unsqueeze(-1)  # (B, runs, 1)
     f0 = f0[:, :runs].to(dtype).unsqueeze(-1)
     pulses = pulse_train(blocks(phase), f0, sample_rate, pulse_top(sample_rate))
     m = blocks(mix)

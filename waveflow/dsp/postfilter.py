@@ -59,7 +59,7 @@ def lowpass_taps(cutoff_hz: float, sample_rate: int, half: int = FIR_HALF) -> to
     return torch.from_numpy(h / h.sum())
 
 
-def _fir(x: torch.Tensor, taps: torch.Tensor, block: int = 1024) -> torch.Tensor:
+def fir(x: torch.Tensor, taps: torch.Tensor, block: int = 1024) -> torch.Tensor:
     """``x (B, T)`` convolved with centred ``taps`` (odd length), zeros outside ``x``. One long
     single-channel conv1d is slow on CPU (27 ms for 10 s of audio); the same sums over blocks of
     ``block`` samples stacked along the batch take 2 ms."""
@@ -135,7 +135,7 @@ class HarmonicPostfilter(nn.Module):
         x_back = torch.where(back >= 0, torch.gather(x, 1, back.clamp(min=0)), x)
         x_ahead = torch.where(ahead < length, torch.gather(x, 1, ahead.clamp(max=length - 1)), x)
         d = 0.5 * (x_back + x_ahead) - x
-        low = _fir(d, self._taps.to(audio.device))
+        low = fir(d, self._taps.to(audio.device))
         return (x + strength * voicing.to(x.device) * low).to(audio.dtype)
 
     def forward(self, audio: torch.Tensor, mel: torch.Tensor, strength: float, start: int = 0) -> torch.Tensor:

@@ -58,7 +58,8 @@ class StreamingVocoder:
     algorithmic latency); ``lookback``: frames of past context (default: lookahead plus the
     mel upsampler's overlap). ``postfilter`` and ``mel_correction`` as ``Vocoder`` takes them
     (default: the checkpoint's); each adds its margin to the latency. ``harmonic`` as
-    ``Vocoder`` takes it (default: the checkpoint's; no latency: it reads whole frames). One utterance at a time;
+    ``Vocoder`` takes it (default: the checkpoint's; no latency: it reads its own frames and
+    ``SPLIT_HALF`` samples past them, inside the look-ahead). One utterance at a time;
     ``reset`` starts a new one. ``seed``: as ``Vocoder``'s (default 0). ``limit``: the soft
     limiter, as ``Vocoder`` applies it (memoryless: no latency). ``check_input``: warn
     once per utterance (``MelScaleWarning``) when the mel is not a log-mel of the convention,
