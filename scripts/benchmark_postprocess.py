@@ -7,6 +7,11 @@ iterations, the mel correction alone on the model's output, and librosa's Griffi
 
     python scripts/benchmark_postprocess.py                       # 1 s and 10 s, iterations 0,2,4,6
     python scripts/benchmark_postprocess.py --iterations 0,3 --seconds 10 --runs 9
+    python scripts/benchmark_postprocess.py --also prev.pt --iterations 8 --no-griffin-lim  # beside another checkpoint
+
+Each checkpoint's default call (its own settings: harmonic excitation, post-filter, mel
+correction, limiter) is timed too; ``--also`` (repeatable) adds other checkpoints' default
+calls to the same rounds, e.g. one written by ``scripts/bundle_model.py`` with other settings.
 
 Every figure is the median of ``--runs`` rounds after one untimed round; a round runs every
 measured call once, so that a slow spell of a shared machine hits them all alike. The mel is
@@ -39,9 +44,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--no-griffin-lim", action="store_true")
+    p.add_argument("--also", action="append", default=[], help="another checkpoint whose default call to time")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     voc = load_vocoder(args.checkpoint)
+    others = {path: load_vocoder(path) for path in args.also}
     audio = load_wav(args.wav, voc.sample_rate)
     full = voc.mel(audio)
     load = wait_for_idle()
@@ -51,7 +58,9 @@ def main(argv=None) -> int:
     for seconds in (float(s) for s in args.seconds.split(",")):
         frames = round(seconds * voc.sample_rate / voc.hop_length)
         mel = np.tile(full, (1, -(-frames // full.shape[1])))[:, :frames].copy()
-        calls = {"model alone": partial(voc, mel=mel, seed=0, postfilter=0.0, mel_correction=0)}
+        calls = {"default call": partial(voc, mel=mel, seed=0)}
+        calls.update({f"default call of {Path(path).name}": partial(o, mel=mel, seed=0) for path, o in others.items()})
+        calls["model alone"] = partial(voc, mel=mel, seed=0, postfilter=0.0, mel_correction=0)
         for k in (int(i) for i in args.iterations.split(",")):
             setting = {"mel": mel, "seed": 0, "postfilter": 0.5, "mel_correction": k}
             calls[f"post-filter 0.5, mel correction {k}"] = partial(voc, **setting)
