@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from waveflow.nn.conditioner import WaveNet
+from waveflow.nn.conditioner import WaveNet, tap_conv1d
 
 
 def _wavenet(kernel_size: int = 3, n_layers: int = 3, weight_norm: bool = True, seed: int = 0) -> WaveNet:
@@ -52,3 +53,26 @@ def test_fused_cache_follows_parameter_updates():
         after = net(x, cond)
         torch.testing.assert_close(after, net.forward_unfused(x, cond))
     assert not torch.allclose(before, after)
+
+
+@pytest.mark.parametrize("dilation", [1, 2, 8])
+@pytest.mark.parametrize("batch, length", [(1, 40), (1, 300), (2, 40)])
+def test_tap_conv1d_is_conv1d(dilation, batch, length):
+    """The oneDNN call at inference (float32, CPU) against torch's conv1d, at lengths either side
+    of torch's own switch to oneDNN (20,480 input elements at batch 1), and with autograd."""
+    torch.manual_seed(dilation)
+    x, w, b = torch.randn(batch, 96, length), torch.randn(192, 96, 3), torch.randn(192)
+    expected = F.conv1d(x, w, b, padding=dilation, dilation=dilation)
+    with torch.inference_mode():
+        torch.testing.assert_close(tap_conv1d(x, w, b, dilation, dilation), expected, rtol=1e-4, atol=1e-4)
+    w.requires_grad_(True)
+    tap_conv1d(x, w, b, dilation, dilation).sum().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
+
+
+def test_fused_float32_inference_at_batch_one_equals_the_network():
+    net = _wavenet().eval()
+    for length in (3, 60):
+        x, cond = torch.randn(1, 4, length), torch.randn(1, 10, length)
+        with torch.inference_mode():
+            torch.testing.assert_close(net(x, cond), net.forward_unfused(x, cond), rtol=1e-5, atol=1e-5)
