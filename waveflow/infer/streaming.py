@@ -34,11 +34,10 @@ from waveflow.infer.vocoder import (
     check_mel,
     check_seed,
     check_sigma,
-    receptive_field_frames,
+    context_frames,
     warn_mel_scale,
 )
 
-MAX_DEFAULT_LOOKAHEAD = 16  # frames (186 ms at 22050 Hz, hop 256): caps the latency of deep models
 # `waveflow synthesize` sends mels longer than ``waveflow.infer.vocoder.LONG_MEL_FRAMES`` (about 95 s
 # at 22050 Hz, hop 256) through ``synthesize_long``, in chunks of this many frames, so that
 # memory stays flat however long the mel is.
@@ -46,8 +45,9 @@ LONG_MEL_CHUNK = 512
 
 
 def default_lookahead(vocoder: Vocoder) -> int:
-    """The model's receptive field in frames, capped at ``MAX_DEFAULT_LOOKAHEAD``."""
-    return min(receptive_field_frames(vocoder.model), MAX_DEFAULT_LOOKAHEAD)
+    """The model's receptive field in frames, capped at ``MAX_CONTEXT_FRAMES``: the context
+    offline synthesis gives a clip's last frame (``Vocoder.tail_frames``)."""
+    return context_frames(vocoder.model)
 
 
 class StreamingVocoder:

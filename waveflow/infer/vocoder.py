@@ -11,8 +11,11 @@ alone, in a padded batch, or streamed in chunks (``waveflow.infer.streaming``).
 
 Every clip is synthesized with ``tail_frames`` frames of silence appended (the log-mel of
 silence, ``log(clamp_min)`` = log(1e-5) in the default convention) and trimmed to
-``frames * hop_length`` samples. The tail covers the flow's receptive field, so clips of
-different lengths padded to a common length in one batch give the same audio as one by one.
+``frames * hop_length`` samples. The tail is the context a default stream gives a frame
+(``context_frames``: the flow's receptive field, capped at ``MAX_CONTEXT_FRAMES``), so a clip
+ends alike offline and streamed, and clips of different lengths padded to a common length in
+one batch give the same audio as one by one, up to what lies beyond that context (float
+rounding for the bundled model: ``scripts/tail_reach.py``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ DEFAULT_SEED = 0  # synthesis is deterministic unless a call asks otherwise (as 
 # grows with the length (about 25 MB a second of audio with the defaults); `waveflow synthesize`
 # then goes chunk by chunk (``waveflow.infer.streaming.synthesize_long``) and ``Vocoder`` warns.
 LONG_MEL_FRAMES = 8192
+# Context after a frame, in frames (186 ms at 22050 Hz, hop 256): caps a deep model's streaming
+# latency and the silence every offline call synthesizes past the clip (``context_frames``).
+MAX_CONTEXT_FRAMES = 16
 
 MelLike = np.ndarray | torch.Tensor
 
@@ -76,6 +82,14 @@ def receptive_field_frames(model: WaveGlow) -> int:
     cfg = model.cfg
     steps = cfg.n_flows * (cfg.kernel_size - 1) // 2 * (2**cfg.n_layers - 1)
     return math.ceil(steps * cfg.n_group / cfg.hop_length)
+
+
+def context_frames(model: WaveGlow) -> int:
+    """Frames of context after a frame that offline synthesis (its tail of silence) and a default
+    stream (its look-ahead) give it: the receptive field, capped at ``MAX_CONTEXT_FRAMES``. The
+    cap costs the ``realtime`` preset nothing audible: its 60-frame bound is reached by trained
+    weights only to 8-12 frames (past 16 the output moves by float rounding, 118-134 dB SNR)."""
+    return min(receptive_field_frames(model), MAX_CONTEXT_FRAMES)
 
 
 def check_sigma(sigma: float) -> float:
@@ -188,7 +202,7 @@ class Vocoder:
     ``device``: where the model runs (mels are moved there; audio comes back on the mel's
     device). ``half``: float16 conditioner on a CUDA device (1x1 convs and the affine
     arithmetic stay float32). ``tail_frames``: silence frames appended to every clip
-    (default: the model's receptive field, see ``receptive_field_frames``).
+    (default: ``context_frames``, the look-ahead a default stream has).
     """
 
     def __init__(
@@ -208,7 +222,7 @@ class Vocoder:
         # so the flow stays exactly invertible; the conditioners and the upsampler run in float16.
         self.half = half
         self.model = model.to(self.device).optimize_for_inference(dtype=torch.float16 if half else None)
-        self.tail_frames = receptive_field_frames(model) if tail_frames is None else int(tail_frames)
+        self.tail_frames = context_frames(model) if tail_frames is None else int(tail_frames)
         self._mel = MelSpectrogram(config.mel).to(self.device)
         self._denoiser = None
         self.denoise_mode = denoise_mode  # "nvidia" for NVIDIA's checkpoints: see waveflow.dsp.denoiser
