@@ -63,6 +63,14 @@ def test_positional_noise_windows_are_slices_of_one_sequence():
     assert abs(whole.mean().item()) < 0.02 and abs(whole.std().item() - 1) < 0.02
 
 
+def test_positional_noise_keeps_its_blocks_unchanged_and_hands_out_copies():
+    with torch.inference_mode():
+        first = positional_noise(3, 10, 50, 4)
+    second = positional_noise(3, 10, 50, 4)
+    second += 1.0  # a caller's in-place change must not reach the kept block
+    assert torch.equal(positional_noise(3, 10, 50, 4), first) and not second.is_inference()
+
+
 def test_receptive_field_matches_the_conditioner_arithmetic():
     model, _ = tiny_setup()
     cfg = model.cfg  # 4 flows, kernel 3, 2 layers (dilations 1, 2): 3 steps of 4 samples per flow
