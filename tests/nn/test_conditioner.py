@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from waveflow.nn.conditioner import WaveNet, tap_conv1d
+from waveflow.nn.conditioner import STACKED_MAX_STEPS, WaveNet, infer_conv1d
 
 
 def _wavenet(kernel_size: int = 3, n_layers: int = 3, weight_norm: bool = True, seed: int = 0) -> WaveNet:
@@ -55,18 +55,26 @@ def test_fused_cache_follows_parameter_updates():
     assert not torch.allclose(before, after)
 
 
-@pytest.mark.parametrize("dilation", [1, 2, 8])
-@pytest.mark.parametrize("batch, length", [(1, 40), (1, 300), (2, 40)])
-def test_tap_conv1d_is_conv1d(dilation, batch, length):
-    """The oneDNN call at inference (float32, CPU) against torch's conv1d, at lengths either side
-    of torch's own switch to oneDNN (20,480 input elements at batch 1), and with autograd."""
+@pytest.mark.parametrize("kernel, dilation", [(3, 1), (3, 2), (3, 8), (1, 1)])
+@pytest.mark.parametrize("batch, length", [(1, 40), (1, STACKED_MAX_STEPS), (1, STACKED_MAX_STEPS + 1), (2, 40)])
+def test_infer_conv1d_is_conv1d(kernel, dilation, batch, length):
+    """Every path at inference (stacked taps up to STACKED_MAX_STEPS at batch 1, oneDNN past it
+    or at batch 2, torch's own for one tap) against torch's conv1d, and with autograd."""
     torch.manual_seed(dilation)
-    x, w, b = torch.randn(batch, 96, length), torch.randn(192, 96, 3), torch.randn(192)
-    expected = F.conv1d(x, w, b, padding=dilation, dilation=dilation)
+    x, w, b = torch.randn(batch, 96, length), torch.randn(192, 96, kernel), torch.randn(192)
+    pad = dilation * (kernel - 1) // 2
+    expected = F.conv1d(x, w, b, padding=pad, dilation=dilation)
     with torch.inference_mode():
-        torch.testing.assert_close(tap_conv1d(x, w, b, dilation, dilation), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(infer_conv1d(x, w, b, pad, dilation), expected, rtol=1e-4, atol=1e-4)
+        with torch.profiler.profile() as prof:
+            infer_conv1d(x, w, b, pad, dilation)
+    ops = {e.name for e in prof.events()}
+    stacked = batch == 1 and length <= STACKED_MAX_STEPS
+    assert ("aten::addmm" in ops) == stacked, ops
+    if kernel > 1:  # one tap past the stacked range is torch's own choice
+        assert ("aten::mkldnn_convolution" in ops) == (not stacked), ops
     w.requires_grad_(True)
-    tap_conv1d(x, w, b, dilation, dilation).sum().backward()
+    infer_conv1d(x, w, b, pad, dilation).sum().backward()
     assert w.grad is not None and w.grad.abs().sum() > 0
 
 

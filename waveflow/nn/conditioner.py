@@ -18,34 +18,72 @@ def _param_key(*tensors: torch.Tensor) -> tuple:
     return tuple((0 if t.is_inference() else t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
 
 
-def tap_conv1d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: int, dilation: int = 1
+# Batch-1 inputs up to this many steps take one matrix product over the stacked taps at CPU
+# inference: below it that beat both of torch's conv paths on 2 cores (96 -> 192 channels,
+# kernel 3: 97 against 158-334 us at 14 steps, 409 against 554-692 at 204), above it oneDNN won.
+STACKED_MAX_STEPS = 512
+
+
+def infer_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    padding: int = 0,
+    dilation: int = 1,
+    taps: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``F.conv1d`` for a conv with several taps, ``(B, C_in, T) -> (B, C_out, T')``, sent to
-    oneDNN at inference on the CPU. torch's own choice sends a batch-1 input under 20,480
-    elements with a kernel of at most 3 to its native path, 2-3x slower for the couplings'
-    dilated convs: that is the input of a 1 s mel with the ``realtime`` preset. Autograd,
-    tracing and export (which has no oneDNN op) take ``F.conv1d``."""
-    if _onednn_applies(x):
-        out = torch.ops.aten.mkldnn_convolution(
-            x.unsqueeze(2), weight.unsqueeze(2), bias, [0, padding], [1, 1], [1, dilation], 1
-        )
-        return out.squeeze(2)
-    return F.conv1d(x, weight, bias, padding=padding, dilation=dilation)
+    """``F.conv1d(x, weight, bias, padding=padding, dilation=dilation)``, ``(B, C_in, T) ->
+    (B, C_out, T')``, computed the fastest way measured at CPU inference in float32:
+
+    * a batch-1 input of at most ``STACKED_MAX_STEPS`` steps (a 1 s mel of the ``realtime``
+      preset, every streamed window) as one product of ``taps``, the weight laid out
+      ``(C_out, kernel * C_in)`` tap by tap (computed when not given), with the shifted inputs
+      stacked: torch's own choice there is its native path, 2-3x slower for dilated convs;
+    * a longer one through oneDNN (torch also picks it there for one tap; for several it picks
+      the native path at batch 1 under 20,480 input elements).
+
+    Autograd, tracing and export (which has no oneDNN op) take ``F.conv1d``."""
+    if not _fast_path_applies(x):
+        return F.conv1d(x, weight, bias, padding=padding, dilation=dilation)
+    kernel = weight.shape[2]
+    if x.shape[0] == 1 and x.shape[2] <= STACKED_MAX_STEPS:
+        xs = x[0]
+        if kernel > 1:
+            xs = F.pad(xs, (padding, padding))
+            steps = xs.shape[1] - dilation * (kernel - 1)
+            xs = torch.cat([xs[:, j * dilation : j * dilation + steps] for j in range(kernel)])
+        if taps is None:
+            taps = weight[:, :, 0] if kernel == 1 else stacked_taps(weight)
+        return torch.addmm(bias[:, None], taps, xs).unsqueeze(0)
+    if kernel == 1:
+        return F.conv1d(x, weight, bias)
+    out = torch.ops.aten.mkldnn_convolution(
+        x.unsqueeze(2), weight.unsqueeze(2), bias, [0, padding], [1, 1], [1, dilation], 1
+    )
+    return out.squeeze(2)
 
 
-def _onednn_applies(x: torch.Tensor) -> bool:
+def _fast_path_applies(x: torch.Tensor) -> bool:
     return (
-        x.device.type == "cpu"
+        not torch.is_grad_enabled()
         and x.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
+        and x.device.type == "cpu"
+        and _ONEDNN
         and torch.backends.mkldnn.enabled
-        and not torch.is_grad_enabled()
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()
-        and not getattr(torch.compiler, "is_compiling", lambda: False)()
+        and not _compiling()
         and not torch.onnx.is_in_onnx_export()
     )
+
+
+_ONEDNN = torch.backends.mkldnn.is_available()
+_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch >= 2.3
+
+
+def stacked_taps(weight: torch.Tensor) -> torch.Tensor:
+    """A conv weight ``(C_out, C_in, kernel)`` as ``(C_out, kernel * C_in)``, tap by tap."""
+    return weight.permute(0, 2, 1).reshape(weight.shape[0], -1).contiguous()
 
 
 class Conv1d(nn.Module):
@@ -121,7 +159,7 @@ class Conv1d(nn.Module):
         self._cache = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv1d(x, self.effective_weight(), self.bias, padding=self.padding, dilation=self.dilation)
+        return infer_conv1d(x, self.effective_weight(), self.bias, self.padding, self.dilation)
 
     def extra_repr(self) -> str:
         return (
@@ -191,8 +229,8 @@ class WaveNet(nn.Module):
         c, c2 = self.n_channels, 2 * self.n_channels
         pad = self.in_layers[0].padding
         conds = cond.split(c2, dim=1)  # one per layer (see gated_activation on split)
-        h = F.conv1d(x, fused.start_w, fused.start_b)
-        pre = tap_conv1d(x, fused.first_w, fused.first_b, pad)
+        h = infer_conv1d(x, fused.start_w, fused.start_b)
+        pre = infer_conv1d(x, fused.first_w, fused.first_b, pad, taps=fused.first_taps)
         if pad:
             # The first dilated conv zero-pads h, not x: outside the signal start(x) would
             # be start's bias, so take its contribution back where taps fall off the ends.
@@ -200,9 +238,11 @@ class WaveNet(nn.Module):
         out = None
         for i, in_layer in enumerate(self.in_layers):
             if i:
-                pre = tap_conv1d(h, fused.in_w[i], fused.in_b[i], in_layer.padding, in_layer.dilation)
+                pre = infer_conv1d(
+                    h, fused.in_w[i], fused.in_b[i], in_layer.padding, in_layer.dilation, fused.in_taps[i]
+                )
             acts = gated_activation(pre + conds[i], c)
-            res_skip = F.conv1d(acts, fused.res_skip_w[i], fused.res_skip_b[i])
+            res_skip = infer_conv1d(acts, fused.res_skip_w[i], fused.res_skip_b[i])
             if i < self.n_layers - 1:
                 res, res_skip = res_skip.split([c, res_skip.shape[1] - c], dim=1)
                 h = h + res
@@ -266,17 +306,22 @@ class WaveNet(nn.Module):
         # left end, position t < pad: taps k < pad - t read padding; right end mirrored.
         left = torch.stack([taps[: pad - t].sum(0) for t in range(pad)], dim=-1) if pad else None
         right = torch.stack([taps[pad + t + 1 :].sum(0) for t in range(pad)][::-1], dim=-1) if pad else None
+        first_w = torch.einsum("ock,ci->oik", w0, start_w[:, :, 0])
+        in_w = [None] + [layer.effective_weight() for layer in self.in_layers[1:]]
+        inference = not (self.training or torch.is_grad_enabled())  # only inference reads the taps
         return _FusedWeights(
             start_w=start_w,
             start_b=start_b,
-            first_w=torch.einsum("ock,ci->oik", w0, start_w[:, :, 0]),
+            first_w=first_w,
             first_b=first.bias + taps.sum(0),
             left=left,
             right=right,
-            in_w=[None] + [layer.effective_weight() for layer in self.in_layers[1:]],
+            in_w=in_w,
             in_b=[None] + [layer.bias for layer in self.in_layers[1:]],
             res_skip_w=res_skip_w,
             res_skip_b=res_skip_b,
+            first_taps=stacked_taps(first_w) if inference else None,
+            in_taps=[None] + [stacked_taps(w) if inference else None for w in in_w[1:]],
         )
 
 
@@ -292,3 +337,5 @@ class _FusedWeights:
     in_b: list[torch.Tensor | None]
     res_skip_w: list[torch.Tensor]
     res_skip_b: list[torch.Tensor]
+    first_taps: torch.Tensor | None  # first_w and in_w as infer_conv1d's stacked taps (inference)
+    in_taps: list[torch.Tensor | None]
