@@ -165,3 +165,13 @@ def test_a_stage_added_through_the_registry_alone_runs_offline_and_streamed(monk
     assert snr_db(offline, streamed) > 100
     assert stream.latency_ms == pytest.approx(1000 * (stream.lookahead * HOP + 300) / voc.sample_rate)
     assert snr_db(plain, offline) < 20  # the echo changed the audio
+
+
+def test_a_correction_held_back_keeps_its_reach_and_refuses_bad_holds():
+    stage = MelCorrectionStage(MelCorrection(MelConfig()), 3)
+    assert stage.margin == stage.reach == 3 * 1024
+    assert stage.held_back(512).margin == 512 and stage.held_back(512).reach == stage.reach
+    assert stage.held_back(10**6).margin == stage.reach and stage.held_back(None).margin == stage.reach
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="hold"):
+            stage.held_back(bad)

@@ -5,6 +5,8 @@ returns audio of the same shape. It declares two things a stream needs:
 
 - ``margin``: how many samples after a sample its output reads. A stream holds a sample back
   until that many have followed it (the latency the stage adds); 0 for a memoryless stage.
+  The mel correction can be asked to hold back less (``MelCorrectionStage.held_back``), and
+  then approximates the offline output, for lower latency.
 - ``stream()``: its state for streaming, a ``StageStream`` whose ``push(audio, mel, final)``
   takes the newly synthesized samples and the newly arrived mel frames and returns the samples
   that are final, so that the concatenated output equals the stage applied to the whole clip.
@@ -202,10 +204,21 @@ class MelCorrectionStage(Stage):
     name = "mel_correction"
     config_key = "eval_mel_correction"
 
-    def __init__(self, correction: MelCorrection, iterations: int) -> None:
+    def __init__(self, correction: MelCorrection, iterations: int, hold: int | None = None) -> None:
         self.correction, self.iterations = correction, check_iterations(iterations)
         self.setting = self.iterations
-        self.margin = correction.margin(self.iterations)
+        self.reach = correction.margin(self.iterations)  # what an output sample really reads
+        if hold is not None and (isinstance(hold, bool) or not isinstance(hold, int) or hold < 0):
+            raise ValueError(f"mel correction hold must be an integer number of samples >= 0, got {hold!r}")
+        self.margin = self.reach if hold is None else min(hold, self.reach)
+
+    def held_back(self, hold: int | None) -> MelCorrectionStage:
+        """The same correction, whose stream returns a sample once ``hold`` samples have followed
+        it instead of its whole reach (None: the reach, exact). With less, the window's end
+        stands in for the samples not yet there: what is returned is close to the offline
+        output, not equal (docs/streaming.md measures it), for ``reach - hold`` samples less
+        latency."""
+        return MelCorrectionStage(self.correction, self.iterations, hold)
 
     @classmethod
     def from_vocoder(cls, vocoder: Any, setting: int) -> MelCorrectionStage:
@@ -223,12 +236,14 @@ class MelCorrectionStage(Stage):
 
 
 class _MelCorrectionStream(StageStream):
-    """A sample is corrected once ``margin`` samples after it have arrived, from a window that
-    starts on a frame boundary ``margin`` or more before the first sample returned, so that its
-    frames are the utterance's and its own start reaches no sample returned."""
+    """A sample is corrected once ``margin`` samples after it have arrived (the stage's reach,
+    or less: ``held_back``), from a window that starts on a frame boundary the reach or more
+    before the first sample returned, so that its frames are the utterance's and its own start
+    reaches no sample returned."""
 
     def __init__(self, stage: MelCorrectionStage, device: torch.device | str) -> None:
         self.mc, self.iterations, self.device = stage.correction, stage.iterations, device
+        self.hold, self.exact = stage.margin, stage.margin == stage.reach
         # samples from absolute sample base (a frame boundary), the next sample to return, and the
         # mel from absolute frame base // hop on
         self.raw = torch.empty(0)
@@ -242,16 +257,17 @@ class _MelCorrectionStream(StageStream):
             self.mel = torch.cat([self.mel, mel.cpu()], dim=1)
         self.raw = torch.cat([self.raw, audio])
         end = self.base + self.raw.numel()
-        ready = end if final else end - margin
+        ready = end if final else end - self.hold
         if ready <= self.out:
             return torch.empty(0)
         x = self.raw[None].to(self.device)
         target = self.mel[None].to(self.device)
         # Each iteration drops the window's edges that no returned sample needs (not the
         # utterance's own start or end, where offline synthesis has the same edge): half the work.
+        # Held back less than the reach, the window's end is the edge the returned samples see.
         trim_start = self.base > 0
         start = self.base + (iterations - 1) * mc.step_reach * trim_start
-        corrected = mc(x, target, iterations, trim_start=trim_start, trim_end=not final)
+        corrected = mc(x, target, iterations, trim_start=trim_start, trim_end=self.exact and not final)
         out = corrected[0, self.out - start : ready - start].cpu()
         self.out = ready
         keep = max(self.out - margin, 0) // hop * hop  # forget what no later sample reads
