@@ -90,6 +90,23 @@ def test_stream_option_reports_latency(tmp_path, ckpt):
     assert sf.read(tmp_path / "s.wav")[0].shape == (20 * 256,)
 
 
+def test_low_latency_option_streams_with_the_preset(tmp_path, ckpt, capsys):
+    from waveflow.infer.streaming import StreamingVocoder
+    from waveflow.infer.vocoder import load_vocoder
+
+    mel = MelSpectrogram()(harmonic(150.0, 0.4)).numpy()
+    np.save(tmp_path / "m.npy", mel)
+    voc = load_vocoder(str(ckpt))
+    for extra, options in [((), {}), (("--mel-correction", "0"), {"mel_correction": 0})]:
+        out = tmp_path / "low.wav"
+        args = ("synthesize", tmp_path / "m.npy", "-o", out, "--checkpoint", ckpt, "--low-latency", "--seed", "3")
+        result = run_in_process(capsys, *args, "--chunk-frames", "1", *extra)
+        assert result.returncode == 0 and "look-ahead" in result.stdout
+        stream = StreamingVocoder.low_latency(voc, seed=3, **options)
+        expected = np.concatenate([*(stream.push(mel[:, i : i + 1]) for i in range(mel.shape[1])), stream.flush()])
+        np.testing.assert_allclose(sf.read(out, dtype="float32")[0], expected, atol=1e-4)
+
+
 def bad_mels(tmp_path):
     np.save(tmp_path / "time_major.npy", np.zeros((50, 80), np.float32))
     np.save(tmp_path / "nan.npy", np.full((80, 5), np.nan, np.float32))

@@ -140,3 +140,53 @@ def test_streaming_abuse_gets_clear_errors_or_documented_behaviour():
     assert stream.flush().numel() == 0  # a second flush returns nothing
     stream.reset()
     assert stream.push(mel).numel() > 0  # reset starts a new utterance
+
+
+def test_blocks_wait_for_whole_blocks_and_give_the_same_audio():
+    voc = tiny_vocoder()
+    mel = random_mel(23, seed=7)
+    frame_by_frame, _ = stream_all(StreamingVocoder(voc, seed=2, lookahead=2, lookback=4), mel, 1)
+    stream = StreamingVocoder(voc, seed=2, lookahead=2, lookback=4, block_frames=5)
+    pieces = [stream.push(mel[:, i : i + 1]) for i in range(mel.shape[1])]
+    sizes = [p.numel() for p in pieces]
+    # frame k is final once frame k + 2 arrived; a block of 5 is emitted at pushes 7, 12, 17, 22
+    assert [i for i, n in enumerate(sizes) if n] == [6, 11, 16, 21] and set(sizes) == {0, 5 * HOP}
+    rest = stream.flush()
+    assert rest.numel() == 3 * HOP
+    assert snr_db(frame_by_frame, torch.cat([*pieces, rest])) >= EXACT_DB
+    assert stream.latency_ms == pytest.approx(1000 * (2 + 4) * HOP / voc.sample_rate)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="block_frames"):
+            StreamingVocoder(voc, block_frames=bad)
+
+
+def test_the_low_latency_preset_and_its_overrides():
+    from waveflow.infer.streaming import LOW_LATENCY
+
+    voc = Vocoder.default()
+    stream = StreamingVocoder.low_latency(voc)
+    assert (stream.lookahead, stream.block_frames) == (LOW_LATENCY["lookahead"], LOW_LATENCY["block_frames"])
+    assert stream.mel_correction == voc.mel_correction_iterations  # the checkpoint's steps, held back less
+    held = [s.margin for s in stream.chain.stages if s.name == "mel_correction"]
+    assert held == [LOW_LATENCY["correction_frames"] * HOP]
+    assert stream.latency_ms < StreamingVocoder(voc).latency_ms / 3
+    assert StreamingVocoder.low_latency(voc, block_frames=1, seed=3).block_frames == 1
+
+
+def test_a_correction_held_back_less_than_its_reach_approximates_offline(clip):
+    """Held back its whole reach the correction streams exactly; held back 2 frames it is
+    close to offline (not equal), with no jump at the chunk boundaries, for less latency."""
+    voc = Vocoder.default()
+    mel = torch.from_numpy(voc.mel(load_wav(clip)[:33075]))
+    offline = voc(mel, seed=4)
+    reach = 4 * voc.mel_correction_iterations  # frames: n_fft 1024 is 4 hops a step
+    exact, _ = stream_all(StreamingVocoder(voc, seed=4, correction_frames=reach), mel, 8)
+    assert snr_db(offline, exact) >= 100
+    early = StreamingVocoder(voc, seed=4, correction_frames=2)
+    streamed, bounds = stream_all(early, mel, 8)
+    assert 30 < snr_db(offline, streamed) < 45  # 35 dB measured; 24 with 1 frame, 56 with 4
+    assert_no_boundary_jump(streamed, offline, bounds)
+    assert StreamingVocoder(voc).latency_ms - early.latency_ms == pytest.approx(1000 * (reach - 2) * HOP / 22050)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="correction_frames"):
+            StreamingVocoder(voc, correction_frames=bad)

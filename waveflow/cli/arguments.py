@@ -106,6 +106,12 @@ def add_synthesize(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="mels synthesized together (folders; default: 4)")
     parser.add_argument("--stream", action="store_true", help="synthesize with StreamingVocoder, chunk by chunk")
     parser.add_argument("--chunk-frames", type=int, default=16, help="mel frames per streamed chunk (default: 16)")
+    parser.add_argument(
+        "--low-latency",
+        action="store_true",
+        help="stream with the low-latency preset (StreamingVocoder.low_latency: look-ahead 2 frames, "
+        "a mel correction that waits for 2 frames, blocks of 4 frames); implies --stream",
+    )
     parser.add_argument("--reference", default=None, help="a wav to compare the output with (prints quality)")
     parser.add_argument(
         "--time-major", action="store_true", help="the mels are (frames, n_mels), as some front ends save them"

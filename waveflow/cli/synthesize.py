@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> None:
 
     if args.batch_size < 1:
         raise SynthesisError(f"--batch-size must be >= 1, got {args.batch_size}")
+    args.stream = args.stream or args.low_latency
     if args.stream and args.chunk_frames < 1:
         raise SynthesisError(f"--chunk-frames must be >= 1, got {args.chunk_frames}")
     if args.postfilter is not None and not 0 <= args.postfilter <= 1:
@@ -248,16 +249,20 @@ def _stream(voc, mel: np.ndarray, args: argparse.Namespace) -> Iterable[np.ndarr
     """The stream's audio pieces, to be written as they come (whole, with ``--denoise``)."""
     from waveflow.infer.streaming import StreamingVocoder
 
-    stream = StreamingVocoder(
-        voc,
-        sigma=args.sigma,
-        seed=args.seed,
-        postfilter=args.postfilter,
-        mel_correction=args.mel_correction,
-        harmonic=args.harmonic,
-        check_input=False,  # judged per file before synthesis
-        limit=not args.no_limiter and not args.denoise,
-    )
+    options = {
+        "sigma": args.sigma,
+        "seed": args.seed,
+        "postfilter": args.postfilter,
+        "harmonic": args.harmonic,
+        "check_input": False,  # judged per file before synthesis
+        "limit": not args.no_limiter and not args.denoise,
+    }
+    if args.low_latency:
+        if args.mel_correction is not None:
+            options["mel_correction"] = args.mel_correction
+        stream = StreamingVocoder.low_latency(voc, **options)
+    else:
+        stream = StreamingVocoder(voc, mel_correction=args.mel_correction, **options)
 
     def pieces() -> Iterator[np.ndarray]:
         for i in range(0, mel.shape[1], args.chunk_frames):

@@ -28,6 +28,7 @@ import torch
 
 from waveflow.dsp.melcorrect import check_iterations
 from waveflow.dsp.postfilter import check_strength
+from waveflow.dsp.stages import Chain, MelCorrectionStage
 from waveflow.infer.vocoder import (
     MelLike,
     Vocoder,
@@ -42,6 +43,8 @@ from waveflow.infer.vocoder import (
 # at 22050 Hz, hop 256) through ``synthesize_long``, in chunks of this many frames, so that
 # memory stays flat however long the mel is.
 LONG_MEL_CHUNK = 512
+# The low-latency streaming preset (``StreamingVocoder.low_latency``).
+LOW_LATENCY = {"lookahead": 2, "correction_frames": 2, "block_frames": 4}
 
 
 def default_lookahead(vocoder: Vocoder) -> int:
@@ -64,9 +67,23 @@ class StreamingVocoder:
     limiter, as ``Vocoder`` applies it (memoryless: no latency). ``check_input``: warn
     once per utterance (``MelScaleWarning``) when the mel is not a log-mel of the convention,
     judged on the frames pushed so far (up to the first ``SCALE_CHECK_FRAMES``).
+    ``correction_frames``: frames of audio the mel correction waits for after a sample (default:
+    its whole reach, 4 frames a step, so that the stream equals offline synthesis); fewer
+    approximate it (``MelCorrectionStage.held_back``) for less latency.
+    ``block_frames``: synthesize only once that many frames can be emitted (the rest at
+    ``flush``): a decoder pushing one frame at a time then pays one window per block instead of
+    one per frame, for ``block_frames - 1`` frames more latency; the audio is the same.
+    ``StreamingVocoder.low_latency(voc)`` is the documented low-latency preset.
     """
 
     SCALE_CHECK_FRAMES = 32
+
+    @classmethod
+    def low_latency(cls, vocoder: Vocoder, **options) -> StreamingVocoder:
+        """The low-latency preset, ``LOW_LATENCY`` (options override it): a short look-ahead, a
+        mel correction that waits for 2 frames instead of its reach, blocks of a few frames
+        (docs/streaming.md has its latency, speed and quality beside the defaults)."""
+        return cls(vocoder, **{**LOW_LATENCY, **options})
 
     def __init__(
         self,
@@ -80,8 +97,13 @@ class StreamingVocoder:
         check_input: bool = True,
         limit: bool = True,
         harmonic: float | None = None,
+        block_frames: int = 1,
+        correction_frames: int | None = None,
     ) -> None:
         self.vocoder = vocoder
+        if isinstance(block_frames, bool) or not isinstance(block_frames, int) or block_frames < 1:
+            raise ValueError(f"block_frames must be an integer >= 1, got {block_frames!r}")
+        self.block_frames = block_frames
         self.harmonic = vocoder.check_harmonic(harmonic)
         self.limit = bool(limit)
         self.check_input = check_input
@@ -100,6 +122,12 @@ class StreamingVocoder:
         self.seed = vocoder.resolve_seed(seed)
         # the post-processing after the flow (waveflow.dsp.stages), each stage streaming on its own
         self.chain = vocoder.chain(postfilter=self.postfilter, mel_correction=self.mel_correction, limit=self.limit)
+        if correction_frames is not None:
+            if isinstance(correction_frames, bool) or not isinstance(correction_frames, int) or correction_frames < 0:
+                raise ValueError(f"correction_frames must be an integer >= 0 (or None), got {correction_frames!r}")
+            hold = correction_frames * vocoder.hop_length
+            stages = [s.held_back(hold) if isinstance(s, MelCorrectionStage) else s for s in self.chain.stages]
+            self.chain = Chain(stages)
         self.compute_s = 0.0
         self.audio_samples = 0
         self.reset()
@@ -118,8 +146,9 @@ class StreamingVocoder:
 
     @property
     def latency_ms(self) -> float:
-        """Algorithmic latency: the look-ahead and the post-processing margins, in milliseconds."""
-        samples = self.lookahead * self.vocoder.hop_length + self.chain.margin
+        """Algorithmic latency: the look-ahead, the post-processing margins and the frames a block
+        waits for (``block_frames - 1``), in milliseconds."""
+        samples = (self.lookahead + self.block_frames - 1) * self.vocoder.hop_length + self.chain.margin
         return 1000.0 * samples / self.vocoder.sample_rate
 
     @property
@@ -143,7 +172,10 @@ class StreamingVocoder:
             warned = warn_mel_scale(seen, self.vocoder.config.mel.clamp_min, name="mel chunk")
             self._scale_checked = warned or self._offset + self._mel.shape[1] >= self.SCALE_CHECK_FRAMES
         total = self._offset + self._mel.shape[1]
-        return self._out(self._finish(self._emit(total - self.lookahead, total), chunk[0].cpu(), final=False))
+        end = total - self.lookahead
+        if end - self._emitted < self.block_frames:
+            end = self._emitted  # wait for a whole block: one window per block, not per frame
+        return self._out(self._finish(self._emit(end, total), chunk[0].cpu(), final=False))
 
     def flush(self) -> MelLike:
         """End of utterance: the remaining audio (with offline synthesis's silent tail as context),
