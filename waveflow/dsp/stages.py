@@ -171,18 +171,22 @@ class _PostfilterStream(StageStream):
         self.base = self.out = self.frame0 = 0
         self.period = torch.empty(1, 0, dtype=torch.long)
         self.voicing = torch.empty(1, 0)
+        self.pending: list[torch.Tensor] = []  # frames arrived, not yet tracked
 
     def push(self, audio: torch.Tensor, mel: torch.Tensor, final: bool) -> torch.Tensor:
         pf, margin, hop = self.pf, self.pf.margin, self.pf.hop_length
-        if mel.shape[-1]:
-            period, voicing = pf.frame_tracks(mel[None].to(self.device))
-            self.period = torch.cat([self.period, period.cpu()], dim=1)
-            self.voicing = torch.cat([self.voicing, voicing.cpu()], dim=1)
+        if mel.shape[-1]:  # tracked when samples are filtered: one call for many one-frame pushes
+            self.pending.append(mel)
         self.raw = torch.cat([self.raw, audio])
         end = self.base + self.raw.numel()
         ready = end if final else end - margin
         if ready <= self.out:
             return torch.empty(0)
+        if self.pending:
+            period, voicing = pf.frame_tracks(torch.cat(self.pending, dim=1)[None].to(self.device))
+            self.period = torch.cat([self.period, period.cpu()], dim=1)
+            self.voicing = torch.cat([self.voicing, voicing.cpu()], dim=1)
+            self.pending = []
         lo = max(self.out - margin, self.base)
         x = self.raw[lo - self.base :]
         period, voicing = pf.sample_tracks(self.period, self.voicing, lo - self.frame0 * hop, x.numel())
