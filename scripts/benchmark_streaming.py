@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/benchmark_streaming.py [--checkpoint CKPT] [--clip WAV]
         [--seconds 4] [--chunk-frames 8 16 32] [--lookahead N] [--mel-correction K] [--device cpu|cuda]
+        [--low-latency]      # StreamingVocoder.low_latency (its settings overridden by those given)
 
 First-audio delay at chunk size N, for a mel arriving in real time: the stream can emit once
 it holds the look-ahead's frames and the post-processing margins' samples (``latency_ms``);
@@ -38,7 +39,10 @@ def main() -> None:
     parser.add_argument(
         "--mel-correction", type=int, default=None, help="iterations (default: the checkpoint's); each adds n_fft"
     )
+    parser.add_argument("--low-latency", action="store_true", help="the low-latency preset")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     voc = load_vocoder(args.checkpoint, args.device)
     audio = load_wav(args.clip, voc.sample_rate)[: int(args.seconds * voc.sample_rate)]
@@ -53,7 +57,12 @@ def main() -> None:
     print("| chunk frames | latency (ms) | first audio after (ms) | streaming RTF | SNR vs offline (dB) |")
     print("|---|---|---|---|---|")
     for chunk in args.chunk_frames:
-        stream = StreamingVocoder(voc, seed=args.seed, lookahead=args.lookahead, mel_correction=args.mel_correction)
+        options = {"seed": args.seed, "lookahead": args.lookahead, "mel_correction": args.mel_correction}
+        if args.low_latency:
+            options = {k: v for k, v in options.items() if v is not None}
+            stream = StreamingVocoder.low_latency(voc, **options)
+        else:
+            stream = StreamingVocoder(voc, **options)
         pieces, first_ms = [], None
         for i in range(0, mel.shape[1], chunk):
             t = time.perf_counter()

@@ -44,7 +44,7 @@ from waveflow.infer.vocoder import (
 # memory stays flat however long the mel is.
 LONG_MEL_CHUNK = 512
 # The low-latency streaming preset (``StreamingVocoder.low_latency``).
-LOW_LATENCY = {"lookahead": 2, "correction_frames": 2, "block_frames": 4}
+LOW_LATENCY = {"lookahead": 2, "correction_frames": 2, "block_frames": 8}
 
 
 def default_lookahead(vocoder: Vocoder) -> int:
@@ -70,9 +70,10 @@ class StreamingVocoder:
     ``correction_frames``: frames of audio the mel correction waits for after a sample (default:
     its whole reach, 4 frames a step, so that the stream equals offline synthesis); fewer
     approximate it (``MelCorrectionStage.held_back``) for less latency.
-    ``block_frames``: synthesize only once that many frames can be emitted (the rest at
-    ``flush``): a decoder pushing one frame at a time then pays one window per block instead of
-    one per frame, for ``block_frames - 1`` frames more latency; the audio is the same.
+    ``block_frames``: synthesize once that many frames have been pushed since the last
+    synthesis (a push of that many or more synthesizes at once; the rest comes at ``flush``): a
+    decoder pushing one frame at a time then pays one window per block instead of one per frame,
+    for up to ``block_frames - 1`` frames more latency; the audio is the same.
     ``StreamingVocoder.low_latency(voc)`` is the documented low-latency preset.
     """
 
@@ -137,6 +138,7 @@ class StreamingVocoder:
         self._mel = torch.empty(self.vocoder.n_mels, 0)
         self._offset = 0  # absolute index of self._mel's first frame
         self._emitted = 0  # frames whose audio has been returned
+        self._unsynthesized = 0  # frames pushed since the last window was synthesized
         self._done = False
         self._scale_checked = not self.check_input  # decided for this utterance (warned, or enough frames)
         self._lp_state: torch.Tensor | None = None  # linear prediction: the last output samples
@@ -173,8 +175,11 @@ class StreamingVocoder:
             self._scale_checked = warned or self._offset + self._mel.shape[1] >= self.SCALE_CHECK_FRAMES
         total = self._offset + self._mel.shape[1]
         end = total - self.lookahead
-        if end - self._emitted < self.block_frames:
-            end = self._emitted  # wait for a whole block: one window per block, not per frame
+        self._unsynthesized += chunk.shape[2]
+        if self._unsynthesized < self.block_frames:
+            end = self._emitted  # wait for a block of frames: one window per block, not per push
+        else:
+            self._unsynthesized = 0
         return self._out(self._finish(self._emit(end, total), chunk[0].cpu(), final=False))
 
     def flush(self) -> MelLike:
