@@ -8,6 +8,9 @@ idle: ``wait_for_idle`` waits for the load to fall and says what it saw, and eve
 prints that beside its table.
 
     from benchlib import print_table, time_interleaved, wait_for_idle
+
+Speed is timed on a real clip's mel (``CLIP``, cut or repeated to length by ``repeat_to``):
+the post-processing's pitch tracking and voicing decisions cost what they cost on speech.
 """
 
 from __future__ import annotations
@@ -17,8 +20,17 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
+
+CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "LJSpeech-1.1-mini" / "wavs" / "LJ001-0001.wav"
+
+
+def repeat_to(mel: np.ndarray, frames: int) -> np.ndarray:
+    """``mel`` ``(n_mels, T)`` cut, or repeated end to end, to ``(n_mels, frames)``."""
+    return np.tile(mel, (1, -(-frames // mel.shape[1])))[:, :frames].copy()
 
 
 def sync_device(device: torch.device | None) -> None:

@@ -24,21 +24,18 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
-from benchlib import time_interleaved, wait_for_idle
+from benchlib import CLIP, repeat_to, time_interleaved, wait_for_idle
 
 from waveflow.dsp.audio import load_wav
 from waveflow.infer.vocoder import load_vocoder
 from waveflow.train.evaluate import griffin_lim
 
-DEFAULT_WAV = Path(__file__).resolve().parents[1] / "../shared/data/LJSpeech-1.1-mini/wavs/LJ001-0001.wav"
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None, help="default: the bundled model")
-    p.add_argument("--wav", type=Path, default=DEFAULT_WAV)
+    p.add_argument("--wav", type=Path, default=CLIP)
     p.add_argument("--seconds", default="1,10")
     p.add_argument("--iterations", default="0,2,4,6", help="mel correction iterations to time")
     p.add_argument("--threads", type=int, default=2)
@@ -57,7 +54,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|")
     for seconds in (float(s) for s in args.seconds.split(",")):
         frames = round(seconds * voc.sample_rate / voc.hop_length)
-        mel = np.tile(full, (1, -(-frames // full.shape[1])))[:, :frames].copy()
+        mel = repeat_to(full, frames)
         calls = {"default call": partial(voc, mel=mel, seed=0)}
         calls.update({f"default call of {Path(path).name}": partial(o, mel=mel, seed=0) for path, o in others.items()})
         calls["model alone"] = partial(voc, mel=mel, seed=0, postfilter=0.0, mel_correction=0)
