@@ -4,6 +4,7 @@
     python scripts/benchmark.py                          # CPU grid, waveflow alone
     python scripts/benchmark.py --reference ~/waveglow   # side by side with NVIDIA's glow.py
     python scripts/benchmark.py --devices cuda --precisions fp32,fp16,bf16 --reference ~/waveglow
+    python scripts/benchmark.py --peer hifigan=~/hifi-gan --peer vocos=~/vocos --threads 2   # beside other vocoders
 
 Every figure is the median of ``--runs`` timed runs after ``--warmup`` untimed ones.
 GFLOP/s counts the model's nominal FLOPs (the network as defined, ``waveflow.nn.cost``), so
@@ -25,25 +26,48 @@ runs one call (weights included, the Python/torch baseline not): on CUDA
 resident set before the model was built. ``--compose`` adds waveflow with the upsampler composed into every flow's
 conditioning (``optimize_for_inference(compose=True)``; its composed weights, 168 MB per
 flow of the default model, count in its ``composed_peak_mb``).
+
+``--peer NAME=DIR`` (repeatable) prints, instead of the grid, one markdown table of the bundled
+model (or ``--checkpoint``) beside other vocoders, from checkouts the user fetched (never part of
+this repository): ``hifigan`` (github.com/jik876/hifi-gan: its Generator from config_v1/v2/v3.json)
+and ``vocos`` (github.com/gemelo-ai/vocos: VocosBackbone, 80 mels, dim 512, intermediate 1536, 8
+layers, with ISTFTHead n_fft 1024, hop 256). Peers get random weights (their speed does not
+depend on them) without weight norm, as their inference runs. Every system synthesizes the
+same real clip's mel (``--wav``, cut or repeated to each of ``--seconds``) at batch 1, fp32, on
+the CPU, all in the same interleaved rounds. waveflow is timed twice: its default call
+(``Vocoder.__call__`` with the checkpoint's harmonic excitation, post-filter, mel correction and
+limiter) and the flow with its LP synthesis filter alone (those four off). Parameters are those
+of the inference networks (weight norm folded). ``--threads`` defaults to all cores here too.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import importlib
 import importlib.util
+import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
+import types
+import warnings
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
-from benchlib import print_table, time_interleaved, wait_for_idle
+from benchlib import CLIP, print_table, repeat_to, time_interleaved, wait_for_idle
 from benchlib import sync_device as sync
 
 from waveflow.config import make_config, model_preset
+from waveflow.dsp.audio import load_wav
+from waveflow.infer.vocoder import load_vocoder
 from waveflow.nn.compose import can_compose
 from waveflow.nn.cost import flops_per_sample
 from waveflow.nn.loss import flow_nll
@@ -306,6 +330,190 @@ def bench_training(args, preset: str, device: torch.device, precision: str, glow
     return row
 
 
+# ------------------------------------------------------------------ peers
+def _copy_checkout(name: str, folder: Path, files: list[str]) -> Path:
+    """``files`` of a peer's checkout copied to a new temporary folder (patched there, and their
+    bytecode written there, never in the user's checkout); a SystemExit when one is missing."""
+    repo = PEERS[name][0]
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise SystemExit(
+            f"--peer {name}={folder}: no {', '.join(missing)} there; expected a checkout of github.com/{repo}"
+        )
+    copy = Path(tempfile.mkdtemp(prefix=f"waveflow_peer_{name}_"))
+    atexit.register(shutil.rmtree, copy, ignore_errors=True)  # once imported, the copy serves tracebacks only
+    for f in files:
+        (copy / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / f, copy / f)
+    return copy
+
+
+@contextlib.contextmanager
+def _peer_imports(name: str):
+    """A peer's import that fails on a missing module -> a SystemExit naming the module."""
+    try:
+        yield
+    except ModuleNotFoundError as e:
+        raise SystemExit(f"--peer {name}: its code imports {e.name}, which is not installed here") from e
+
+
+def _import_file(module: str, path: Path, package_dir: Path | None = None) -> types.ModuleType:
+    """``path`` executed as module (or package, from ``package_dir``) ``module``, in sys.modules."""
+    search = [str(package_dir)] if package_dir else None
+    spec = importlib.util.spec_from_file_location(module, path, submodule_search_locations=search)
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[module] = loaded
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+def load_hifigan(folder: Path) -> dict[str, torch.nn.Module]:
+    """HiFi-GAN V1, V2 and V3 generators from a checkout of jik876/hifi-gan."""
+    configs = ["config_v1.json", "config_v2.json", "config_v3.json"]
+    copy = _copy_checkout("hifigan", folder, ["models.py", "utils.py", *configs])
+    # utils.py imports matplotlib at the top for a plotting helper the generator never calls
+    utils = copy / "utils.py"
+    utils.write_text("".join(line for line in utils.read_text().splitlines(True) if "matplotlib" not in line))
+    # models.py does `from utils import ...`: that name must resolve to the patched copy, and
+    # only while models.py runs (another `utils` may be there, or come later)
+    saved = sys.modules.get("utils")
+    try:
+        with _peer_imports("hifigan"):
+            _import_file("utils", utils)
+            models = _import_file("hifigan_models", copy / "models.py")
+    finally:
+        sys.modules.pop("utils", None)
+        if saved is not None:
+            sys.modules["utils"] = saved
+    generators = {}
+    for version, config in zip(("V1", "V2", "V3"), configs, strict=True):
+        h = json.loads((copy / config).read_text(), object_hook=lambda d: types.SimpleNamespace(**d))
+        with warnings.catch_warnings():  # its torch.nn.utils.weight_norm is deprecated, not wrong
+            warnings.simplefilter("ignore", FutureWarning)
+            generator = models.Generator(h).eval()
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Removing weight norm..."
+            generator.remove_weight_norm()
+        generators[f"HiFi-GAN {version}"] = generator
+    return generators
+
+
+# heads.py imports two mel-scale helpers from torchaudio for the IMDCT heads only; the ISTFT head
+# timed here does not need them, and torchaudio is no dependency of waveflow.
+NO_TORCHAUDIO = """\
+def _hz_to_mel(*args, **kwargs):
+    raise NotImplementedError("torchaudio is not installed (waveflow's benchmark loads vocos without it)")
+
+
+_mel_to_hz = _hz_to_mel
+"""
+
+
+def load_vocos(folder: Path) -> dict[str, torch.nn.Module]:
+    """Vocos (the 80-mel backbone with the ISTFT head) from a checkout of gemelo-ai/vocos."""
+    files = ["vocos/modules.py", "vocos/models.py", "vocos/spectral_ops.py", "vocos/heads.py"]
+    copy = _copy_checkout("vocos", folder, files) / "vocos"
+    # its __init__ imports the pretrained wrapper (huggingface_hub, encodec, torchaudio), not needed here
+    (copy / "__init__.py").write_text("")
+    if importlib.util.find_spec("torchaudio") is None:
+        heads = copy / "heads.py"
+        line = "from torchaudio.functional.functional import _hz_to_mel, _mel_to_hz\n"
+        heads.write_text(heads.read_text().replace(line, NO_TORCHAUDIO))
+    with _peer_imports("vocos"):  # the modules import each other as `vocos.*`: the package is this copy
+        _import_file("vocos", copy / "__init__.py", package_dir=copy)
+        models, heads = importlib.import_module("vocos.models"), importlib.import_module("vocos.heads")
+    backbone = models.VocosBackbone(input_channels=80, dim=512, intermediate_dim=1536, num_layers=8)
+    head = heads.ISTFTHead(dim=512, n_fft=1024, hop_length=256, padding="same")
+    return {"Vocos (80 mels, ISTFT head)": torch.nn.Sequential(backbone, head).eval()}
+
+
+# name: (repository the checkout comes from, loader)
+PEERS: dict[str, tuple[str, Callable[[Path], dict[str, torch.nn.Module]]]] = {
+    "hifigan": ("jik876/hifi-gan", load_hifigan),
+    "vocos": ("gemelo-ai/vocos", load_vocos),
+}
+
+
+def load_peer(spec: str) -> dict[str, torch.nn.Module]:
+    """``NAME=DIR`` -> {system: model taking a mel (1, n_mels, frames) to audio}, random weights."""
+    name, _, folder = spec.partition("=")
+    if name not in PEERS:
+        known = ", ".join(f"{n}=DIR (a checkout of github.com/{repo})" for n, (repo, _) in PEERS.items())
+        raise SystemExit(f"--peer {spec}: unknown peer {name!r}; known: {known}")
+    if not folder:
+        raise SystemExit(f"--peer {spec}: expected {name}=DIR, DIR a checkout of github.com/{PEERS[name][0]}")
+    torch.manual_seed(0)
+    return PEERS[name][1](Path(folder).expanduser())
+
+
+def peer_table(args) -> list[dict]:
+    """Time waveflow beside the ``--peer`` systems and print the markdown table; the rows."""
+    peers = {system: model for spec in args.peer for system, model in load_peer(spec).items()}
+    voc = load_vocoder(args.checkpoint)
+    full = voc.mel(load_wav(args.wav, voc.sample_rate))
+    default, flow = "waveflow, default call", "waveflow, flow + LP filter only"
+    params = {system: sum(p.numel() for p in model.parameters()) for system, model in peers.items()}
+    params[default] = params[flow] = sum(p.numel() for p in voc.model.parameters())
+
+    def calls(frames: int) -> dict[str, Callable[[], object]]:
+        mel = repeat_to(full, frames)
+        fns = {
+            default: partial(voc, mel, seed=0),
+            flow: partial(voc, mel, seed=0, harmonic=0.0, postfilter=0.0, mel_correction=0, limit=False),
+        }
+        return fns | {system: partial(model, torch.from_numpy(mel)[None]) for system, model in peers.items()}
+
+    with torch.inference_mode():  # every system makes the same audio from a mel: a fair count of samples
+        for system, call in calls(20).items():
+            if (samples := call().shape[-1]) != 20 * voc.hop_length:
+                raise SystemExit(f"{system}: {samples} samples from 20 frames, not {20 * voc.hop_length}")
+    load = wait_for_idle()
+    print(
+        f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads, fp32, batch 1, "
+        f"mel of {args.wav.name}, load {load:.2f} (1-minute average, before timing)",
+        flush=True,
+    )
+    rows = []
+    for seconds in sorted(float(s) for s in args.seconds.split(",")):
+        frames = max(1, round(seconds * voc.sample_rate / voc.hop_length))
+        with torch.inference_mode():
+            medians = time_interleaved(calls(frames), args.runs, args.warmup)
+        audio_s = frames * voc.hop_length / voc.sample_rate
+        for system, t in medians.items():
+            row = dict(system=system, params=params[system], seconds=seconds, frames=frames, ms=1000 * t)
+            row.update(x_realtime=audio_s / t, waveflow_default_over_this=t / medians[default])
+            rows.append(row)
+    print_markdown(rows)
+    print(
+        f"\n{default}: the checkpoint's harmonic excitation {voc.harmonic_strength:g}, post-filter "
+        f"{voc.postfilter_strength:g}, mel correction {voc.mel_correction_iterations} iterations, limiter; "
+        f"{flow}: all four off. Peers: random weights, weight norm removed. Params in millions."
+    )
+    if args.json:
+        info = dict(torch=torch.__version__, threads=torch.get_num_threads(), load=load, wav=str(args.wav))
+        args.json.write_text(json.dumps(dict(**info, rows=rows), indent=2))
+        print(f"wrote {args.json}")
+    return rows
+
+
+def print_markdown(rows: list[dict]) -> None:
+    """One line per system, columns per length; the ratio is the default call's x real time over
+    the system's (above 1: waveflow's default call is the faster)."""
+    lengths = sorted({row["seconds"] for row in rows})
+    header = ["system", "params (M)"]
+    for s in lengths:
+        header += [f"ms at {s:g} s", f"x real time at {s:g} s"]
+    header += [f"waveflow default / this at {s:g} s" for s in lengths]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for system in dict.fromkeys(row["system"] for row in rows):
+        by_length = {row["seconds"]: row for row in rows if row["system"] == system}
+        cells = [system, f"{by_length[lengths[0]]['params'] / 1e6:.2f}"]
+        for s in lengths:
+            cells += [f"{by_length[s]['ms']:,.0f}", f"{by_length[s]['x_realtime']:.2f}"]
+        cells += [f"{by_length[s]['waveflow_default_over_this']:.2f}" for s in lengths]
+        print("| " + " | ".join(cells) + " |")
+
+
 # ------------------------------------------------------------------ report
 COLUMNS = [
     ("kind", "{}"),
@@ -353,6 +561,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-runs", type=int, default=5, help="timed training steps per case")
     p.add_argument("--compose", action="store_true", help="also time waveflow with composed conditioning")
     p.add_argument("--reference", type=Path, help="a checkout of NVIDIA/waveglow to time side by side")
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="instead of the grid, time waveflow beside a peer vocoder from a checkout: "
+        + ", ".join(f"{name}=DIR (github.com/{repo})" for name, (repo, _) in PEERS.items()),
+    )
+    p.add_argument("--checkpoint", help="with --peer: the waveflow checkpoint (default: the bundled model)")
+    p.add_argument("--wav", type=Path, default=CLIP, help="with --peer: the clip whose mel is synthesized")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
     p.add_argument("--probe", help=argparse.SUPPRESS)  # internal: one memory measurement
     return p.parse_args(argv)
@@ -363,6 +581,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args.probe:
         probe(args, json.loads(args.probe))
+        return 0
+    if args.peer:
+        peer_table(args)
         return 0
     glow = load_reference(args.reference.expanduser()) if args.reference else None
     seconds = [float(s) for s in args.seconds.split(",")]
