@@ -110,7 +110,7 @@ def add_synthesize(parser: argparse.ArgumentParser) -> None:
         "--low-latency",
         action="store_true",
         help="stream with the low-latency preset (StreamingVocoder.low_latency: look-ahead 2 frames, "
-        "a mel correction that waits for 2 frames, blocks of 4 frames); implies --stream",
+        "a mel correction that waits for 2 frames, one synthesis per 8 pushed frames); implies --stream",
     )
     parser.add_argument("--reference", default=None, help="a wav to compare the output with (prints quality)")
     parser.add_argument(
