@@ -54,6 +54,16 @@ def m(name: str, file: str, old: str, new: str, *tests: str, why: str = "", time
     return Mutant(name, f"waveflow/{file}", old, new, tests, why, timeout)
 
 
+def locate(tree: Path, file: str) -> str:
+    """Where ``file`` (``waveflow/NAME.py``) lives in ``tree``: there, or in the one sub-package
+    that holds a module of that name (the package is grouped by layer: waveflow/nn/flows.py);
+    ``file`` itself when none or several do (the patch is then reported not applicable)."""
+    if (tree / file).is_file():
+        return file
+    found = sorted((tree / "waveflow").rglob(Path(file).name))
+    return found[0].relative_to(tree).as_posix() if len(found) == 1 else file
+
+
 MUTANTS: list[Mutant] = [
     # ------------------------------------------------------------------ flows
     m("coupling_logdet_sign", "flows.py",
@@ -156,9 +166,9 @@ MUTANTS: list[Mutant] = [
       "self.margin = PERIODS[1] + FIR_HALF",
       "self.margin = PERIODS[1]",
       "tests/dsp/test_postfilter.py", "-k", "exact_reach or streaming_with_the_postfilter"),
-    m("vocoder_postfilter_not_applied", "vocoder.py",
-      "audio[i, : f * self.hop_length] = self.postfilter(clip, mel[i : i + 1, :, :f], postfilter)[0]",
-      "audio[i, : f * self.hop_length] = clip[0]",
+    m("vocoder_postfilter_not_applied", "stages.py",
+      "        return self.postfilter(audio, mel, self.strength)",
+      "        return audio",
       "tests/dsp/test_postfilter.py", "-k", "without_pitch",
       why="issue 24: the test of a model without pitch conditioning checked shape and finiteness only"),
     # ------------------------------------------------------------------ mel correction
@@ -170,9 +180,9 @@ MUTANTS: list[Mutant] = [
       "return iterations * self.step_reach",
       "return (iterations - 1) * self.step_reach",
       "tests/dsp/test_melcorrect.py", "-k", "streaming or reach"),
-    m("vocoder_mel_correction_not_applied", "vocoder.py",
-      "audio[i, : f * self.hop_length] = self.mel_correction(clip, target, mel_correction)[0]",
-      "audio[i, : f * self.hop_length] = clip[0]",
+    m("vocoder_mel_correction_not_applied", "stages.py",
+      "        return self.correction(audio, mel, self.iterations)",
+      "        return audio",
       "tests/dsp/test_melcorrect.py", "-k", "three_frames",
       why="issue 24: the test on any model checked shape and finiteness only"),
     # ------------------------------------------------------------------ streaming
@@ -202,22 +212,22 @@ MUTANTS: list[Mutant] = [
       "limited = torch.sign(audio) * (knee + span * torch.tanh(over.clamp(min=0) / span))",
       "limited = torch.sign(audio) * (knee + torch.tanh(over.clamp(min=0)))",
       "tests/dsp/test_limiter.py"),
-    m("stream_not_limited", "streaming.py",
-      "        if self.limit:\n            audio = soft_limit(audio)\n        return audio.numpy()",
-      "        return audio.numpy()",
+    m("stream_not_limited", "stages.py",
+      "        return self.stage(audio[None], mel[None])[0] if audio.numel() else audio",
+      "        return audio",
       "tests/dsp/test_limiter.py", "-k", "stream"),
     # ------------------------------------------------------------------ training
-    m("gradient_guard_disabled", "train.py",
+    m("gradient_guard_disabled", "trainer.py",
       'if not torch.isfinite(grad_norm) and self.precision != "fp16":',
       'if not torch.isfinite(grad_norm) and self.precision == "fp16":',
       "tests/train/test_train.py", "-k", "guard",
       why="issue 24: only a NaN loss was injected, never a finite loss with a non-finite gradient"),
-    m("nan_loss_guard_removed", "train.py",
+    m("nan_loss_guard_removed", "trainer.py",
       "        if not self.ctx.all_true(bool(torch.isfinite(nll.nats))):\n            return None\n",
       "",
       "tests/train/test_train.py", "-k", "guard",
       why="issue 24: on the CPU the gradient guard hid it"),
-    m("bad_step_count_not_reset", "train.py",
+    m("bad_step_count_not_reset", "trainer.py",
       "            self.bad_in_a_row = 0\n            self.step += 1\n",
       "            self.step += 1\n",
       "tests/train/test_train.py", "-k", "non_finite_steps", timeout=300),
@@ -245,8 +255,8 @@ MUTANTS: list[Mutant] = [
       "",
       "tests/test_atomic.py"),
     m("save_wav_not_atomic", "audio.py",
-      "    with atomic_open(path) as handle:\n        handle.write(buffer.getbuffer())",
-      '    with open(path, "wb") as handle:\n        handle.write(buffer.getbuffer())',
+      "    with atomic_open(path) as handle:\n        handle.write(_wav_header(0, sample_rate))",
+      '    with open(path, "wb") as handle:\n        handle.write(_wav_header(0, sample_rate))',
       "tests/dsp/test_audio.py", "-k", "save_wav",
       why="issue 24: the atomicity test checked only the NaN refusal, before any file is opened"),
     m("checkpoint_version_check_inverted", "checkpoint.py",
@@ -364,17 +374,18 @@ def whole_files(tests: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def run_one(mutant: Mutant, tree: Path, whole: bool = False, timeout: int | None = None) -> Result:
-    source = tree / mutant.file
+    file = locate(tree, mutant.file)
+    source = tree / file
     text = source.read_text() if source.is_file() else ""
     count = text.count(mutant.old)
     if count != 1:
         where = "not found" if count == 0 else f"found {count} times"
-        return Result(mutant, "patch not applicable", detail=f"{mutant.file}: old string {where}")
+        return Result(mutant, "patch not applicable", detail=f"{file}: old string {where}")
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
         copy = Path(tmp)
         make_copy(tree, copy)
-        (copy / mutant.file).write_text(text.replace(mutant.old, mutant.new))
+        (copy / file).write_text(text.replace(mutant.old, mutant.new))
         tests = whole_files(mutant.tests) if whole else mutant.tests
         missing = [t for t in whole_files(tests) if not (copy / t).exists()]
         if missing:  # e.g. an older checkout: its tests are scored without the files it lacks
@@ -430,9 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     mutants = select(args.only)
     if args.list:
         for mu in mutants:
-            text = (tree / mu.file).read_text() if (tree / mu.file).is_file() else ""
+            file = locate(tree, mu.file)
+            text = (tree / file).read_text() if (tree / file).is_file() else ""
             ok = "applies" if text.count(mu.old) == 1 else "patch not applicable"
-            print(f"{mu.name:42s} {mu.file:24s} {ok:21s} {' '.join(mu.tests)}")
+            print(f"{mu.name:42s} {file:28s} {ok:21s} {' '.join(mu.tests)}")
         print(f"{len(mutants)} mutants")
         return 0
     with tempfile.TemporaryDirectory(prefix="mutant-check-") as tmp:
