@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from pathlib import Path
 
 import torch
+from benchlib import CLIP
 
 from waveflow.dsp.audio import load_wav
 from waveflow.infer.streaming import StreamingVocoder, snr_db
 from waveflow.infer.vocoder import load_vocoder
-
-REPO = Path(__file__).resolve().parents[1]
-CLIP = REPO.parent / "shared" / "data" / "LJSpeech-1.1-mini" / "wavs" / "LJ001-0001.wav"
 
 
 def main() -> None:

@@ -17,13 +17,13 @@ import argparse
 from pathlib import Path
 
 import torch
+from benchlib import CLIP
 
 from waveflow.dsp.audio import load_wav
 from waveflow.infer.streaming import snr_db
 from waveflow.infer.vocoder import load_vocoder, receptive_field_frames
 
-WAVS = Path(__file__).resolve().parents[1] / "../shared/data/LJSpeech-1.1-mini/wavs"
-CLIPS = [WAVS / f"{name}.wav" for name in ("LJ001-0031", "LJ001-0032", "LJ001-0001")]
+CLIPS = [CLIP.parent / f"{name}.wav" for name in ("LJ001-0031", "LJ001-0032", "LJ001-0001")]
 
 
 def main(argv=None) -> int:
