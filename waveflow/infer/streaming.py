@@ -30,6 +30,7 @@ from waveflow.dsp.melcorrect import check_iterations
 from waveflow.dsp.postfilter import check_strength
 from waveflow.dsp.stages import Chain, MelCorrectionStage
 from waveflow.infer.vocoder import (
+    MAX_CONTEXT_FRAMES,
     MelLike,
     Vocoder,
     check_mel,
@@ -39,6 +40,7 @@ from waveflow.infer.vocoder import (
     warn_mel_scale,
 )
 
+MAX_DEFAULT_LOOKAHEAD = MAX_CONTEXT_FRAMES  # the cap on the default look-ahead (its old name, kept)
 # `waveflow synthesize` sends mels longer than ``waveflow.infer.vocoder.LONG_MEL_FRAMES`` (about 95 s
 # at 22050 Hz, hop 256) through ``synthesize_long``, in chunks of this many frames, so that
 # memory stays flat however long the mel is.
