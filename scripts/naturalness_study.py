@@ -180,7 +180,7 @@ def study(args: argparse.Namespace) -> int:
     folders = {name: args.out / name for name in SYSTEMS if name in systems}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
-    tracks = [f"mel_{tracker}" for tracker in TRACKERS]
+    tracks = [*(f"mel_{tracker}" for tracker in TRACKERS), "harvest_window"]
     per_clip: dict[str, list[dict]] = {name: [] for name in [*folders, *tracks]}
     seconds = 0.0
     for path in clips:

@@ -92,7 +92,8 @@ def test_evaluate_cli_writes_table_and_json(tmp_path, speech):
     if importlib.util.find_spec("pyworld") is not None:  # the eval extra's pitch measures
         for row in ("waveflow output (harvest)", "Griffin-Lim (60 it.) output (harvest)", "mel-derived track, comb"):
             assert f"| {row}" in result.stdout, result.stdout
-        assert set(data["pitch"]) == {"waveflow", "griffin_lim", "mel_comb"}  # the model's tracker
+        # the model's tracker, and the floor of any mel-derived track
+        assert set(data["pitch"]) == {"waveflow", "griffin_lim", "mel_comb", "harvest_window"}
         clip_figures = data["clips"][0]["pitch"]
         for system, means in data["pitch"].items():  # one clip: the means are its figures
             assert set(means) >= {"f0_median_cents", "f0_p90_cents", "f0_rmse_cents", "vuv_f1", "voiced_recall"}
@@ -204,6 +205,36 @@ def test_harvest_finds_a_sawtooths_f0_on_the_mels_frame_centres():
     assert shifted.shape == (100,) and (shifted[-3:] == 0).all()  # past the audio's end: unvoiced
     switch = lambda t: int(np.argmax(t > np.sqrt(150.0 * 220.0)))
     assert abs(switch(track) - 16000 / hop) <= 1 and abs(switch(shifted) - 8000 / hop) <= 1
+
+
+def test_window_f0_averages_log_f0_over_the_mels_window_within_voiced_runs():
+    from waveflow.train.evaluate import window_f0
+
+    cfg = MelConfig()  # win 1024, hop 256: neighbours at +-256 samples weigh hann(256 / 1024) = 0.5
+    rng = np.random.default_rng(0)
+    f0 = 100.0 * 2.0 ** rng.uniform(0, 2, 40)
+    f0[[5, 6, 20, 30, 31, 32]] = 0.0  # unvoiced frames: a gap, a lone voiced frame at 21..29's edge
+    got = window_f0(f0, cfg)
+    # brute force: weights 1/2 for the frame, 1/4 for each voiced neighbour, renormalised
+    logs = np.log(np.where(f0 > 0, f0, 1.0))
+    for i in range(len(f0)):
+        if f0[i] == 0:
+            assert got[i] == 0.0
+            continue
+        pairs = [(w, logs[j]) for j, w in ((i - 1, 0.25), (i, 0.5), (i + 1, 0.25)) if 0 <= j < len(f0) and f0[j] > 0]
+        want = np.exp(sum(w * x for w, x in pairs) / sum(w for w, _ in pairs))
+        assert got[i] == pytest.approx(want, rel=1e-12), i
+    # a glide at a constant rate (in cents) is its own average inside a voiced run; a zig-zag shrinks
+    glide = 150.0 * 2.0 ** (np.arange(20) * 20 / 1200)
+    assert window_f0(glide, cfg)[1:-1] == pytest.approx(glide[1:-1], rel=1e-12)
+    zigzag = 200.0 * 2.0 ** (np.where(np.arange(20) % 2, 40, -40) / 1200)
+    assert np.abs(1200 * np.log2(window_f0(zigzag, cfg)[1:-1] / 200.0)).max() == pytest.approx(0.0, abs=1e-9)
+    # a longer window reaches further: win 2048 at hop 256 averages over 7 frames
+    wide = window_f0(zigzag, MelConfig(n_fft=2048, win_length=2048))
+    assert np.abs(1200 * np.log2(wide[3:-3] / 200.0)).max() == pytest.approx(0.0, abs=1e-9)
+    assert not np.allclose(wide[1:3], window_f0(zigzag, cfg)[1:3])
+    with pytest.raises(ValueError, match="1-D track of F0"):
+        window_f0(np.array([100.0, -1.0]), cfg)
 
 
 @pytest.mark.parametrize("tracker", ["comb", "template"])

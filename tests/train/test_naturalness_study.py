@@ -68,7 +68,8 @@ def test_study_writes_one_folder_per_system_and_a_table(setup):
         assert wavs == ["one.wav", "two.wav"], system
         assert sf.info(out / system / "one.wav").frames == 11025
     rows = table_rows(done.stdout)
-    assert len(rows) == 2 + len(SYSTEMS) + 2  # header, rule, the systems, the mel track of each tracker
+    # header, rule, the systems, the mel track of each tracker, their floor
+    assert len(rows) == 2 + len(SYSTEMS) + 2 + 1
     # the stand-in's scores land in the rows of their folders, in the order they were passed
     assert rows["the recordings"][:4] == ["1.00", "2.00", "3.00", "4.00"]
     assert rows["pulse train + noise, the recording's F0 and voicing (harvest)"][:2] == ["6.00", "2.50"]
@@ -76,6 +77,8 @@ def test_study_writes_one_folder_per_system_and_a_table(setup):
     for tracker in ("comb", "template"):
         mel_row = rows[f"mel-derived track, {tracker} tracker (voicing > 0.5)"]
         assert mel_row[:6] == ["-"] * 6 and "-" not in mel_row[6:]
+    floor = rows["harvest on the reference, averaged over the mel's window (a mel track's floor)"]
+    assert floor[:6] == ["-"] * 6 and float(floor[-1]) == 1.0  # voicing kept: every voiced frame stays voiced
     assert "pulse train + noise, mel F0 and voicing (comb tracker; LP, post-filter, correction)" in rows
     summary = json.loads((setup / "s.json").read_text())["summary"]
     # the control fed the recording's own pitch keeps it: harvest on its output finds it again
@@ -90,7 +93,8 @@ def test_study_without_the_predictors_skips_the_mos_columns_with_a_note(setup, c
     assert "MOS skipped:" in done.stdout and "no-such-python" in done.stdout
     rows = table_rows(done.stdout)
     tracks = {f"mel-derived track, {tracker} tracker (voicing > 0.5)" for tracker in ("comb", "template")}
-    assert set(rows) == {"system", "---", "waveflow, tiny.pt, defaults", *tracks}
+    floor = "harvest on the reference, averaged over the mel's window (a mel track's floor)"
+    assert set(rows) == {"system", "---", "waveflow, tiny.pt, defaults", *tracks, floor}
     assert rows["waveflow, tiny.pt, defaults"][:4] == ["-"] * 4 and "-" not in rows["waveflow, tiny.pt, defaults"][4:]
     assert [p.name for p in (setup / "out2").iterdir()] == ["waveflow"]
     # bad arguments: one line and exit code 1 (the script's main in this process; the runs above
