@@ -210,7 +210,7 @@ def window_f0(f0: np.ndarray, mel_cfg) -> np.ndarray:
     voiced = f0 > 0
     logs = np.where(voiced, np.log(np.where(voiced, f0, 1.0)), 0.0)
     num, den = np.zeros_like(f0), np.zeros_like(f0)
-    for k, w in zip(offsets, weights):
+    for k, w in zip(offsets, weights, strict=True):
         src = slice(max(0, k), len(f0) + min(0, k))
         dst = slice(max(0, -k), len(f0) - max(0, k))
         num[dst] += w * logs[src]
