@@ -17,7 +17,7 @@ from test_vocoder import random_mel, tiny_vocoder
 from waveflow.config import ConfigError, make_config
 from waveflow.dsp.audio import MelSpectrogram
 from waveflow.dsp.pitch import PERIODS, REFERENCE_HZ
-from waveflow.dsp.postfilter import CUTOFF_HZ, FIR_HALF, HarmonicPostfilter, lowpass_taps
+from waveflow.dsp.postfilter import FIR_HALF, HarmonicPostfilter, default_cutoff, lowpass_taps
 from waveflow.infer.streaming import StreamingVocoder, snr_db
 from waveflow.infer.vocoder import Vocoder
 
@@ -45,7 +45,7 @@ def test_low_band_response_is_the_two_sided_comb(strength, cycles):
     """A tone at ``cycles`` / T below the cut-off comes out scaled by 1 + s (cos(2 pi f T) - 1):
     1 on the harmonics, 1 - 2 s half-way between them."""
     pf, period = HarmonicPostfilter(), 100
-    freq = cycles * SR / period  # 220.5 .. 661.5 Hz, far below the 2 kHz cut-off
+    freq = cycles * SR / period  # 220.5 .. 661.5 Hz, far below the 8 kHz cut-off
     x = tone(freq)
     y = pf.apply(x, *constant_tracks(period, x.shape[1]), strength)
     expected = 1 + strength * (math.cos(2 * math.pi * freq * period / SR) - 1)
@@ -60,8 +60,8 @@ def test_the_filter_matches_a_direct_sum_sample_by_sample():
     x = torch.randn(1, 700, generator=gen)
     period = torch.randint(40, 321, (1, 700), generator=gen)
     voicing = torch.rand(1, 700, generator=gen)
-    y = HarmonicPostfilter().apply(x, period, voicing, 0.7)
-    xs, ps, taps = x[0].double().numpy(), period[0].numpy(), lowpass_taps(CUTOFF_HZ, SR).numpy()
+    y = HarmonicPostfilter(cutoff_hz=3000.0).apply(x, period, voicing, 0.7)
+    xs, ps, taps = x[0].double().numpy(), period[0].numpy(), lowpass_taps(3000.0, SR).numpy()
     n_all = len(xs)
 
     def tap(n: int, m: int) -> float:
@@ -88,7 +88,7 @@ def test_the_margin_is_the_filters_exact_reach():
 
 
 def test_identity_where_it_must_not_act():
-    pf = HarmonicPostfilter()
+    pf = HarmonicPostfilter(cutoff_hz=2000.0)
     x = torch.randn(1, 5000, generator=torch.Generator().manual_seed(1))
     period, voicing = constant_tracks(150, 5000)
     assert torch.equal(pf.apply(x, period, voicing, 0.0), x)  # strength 0
@@ -98,6 +98,21 @@ def test_identity_where_it_must_not_act():
     high = tone(6000.0)  # far above the cut-off: the low-pass keeps the comb out of it
     out = pf.apply(high, *constant_tracks(150, high.shape[1]), 1.0)
     assert abs(interior_gain(high, out, pf.margin) - 1) < 0.01
+    # the default cut-off is the mel's top: a tone half-way between two harmonics near 6 kHz
+    # (40.5 cycles in a period of 150 samples) is nulled there, one above the mel's top passes
+    default, mid = HarmonicPostfilter(), tone(40.5 * SR / 150)
+    assert abs(interior_gain(mid, default.apply(mid, *constant_tracks(150, mid.shape[1]), 0.5), pf.margin)) < 0.02
+    top = tone(10000.0)
+    out = default.apply(top, *constant_tracks(150, top.shape[1]), 1.0)
+    assert abs(interior_gain(top, out, pf.margin) - 1) < 0.02
+
+
+def test_the_default_cut_off_is_the_mels_top_below_nyquist():
+    assert HarmonicPostfilter().cutoff_hz == 8000.0  # the default mel's f_max
+    assert HarmonicPostfilter(f_max=6000.0).cutoff_hz == 6000.0
+    assert HarmonicPostfilter(sample_rate=16000, f_max=8000.0).cutoff_hz == pytest.approx(7200.0)  # 0.9 Nyquist
+    assert default_cutoff(22050, 11025.0) == pytest.approx(0.9 * 11025)
+    assert HarmonicPostfilter(cutoff_hz=2000.0).cutoff_hz == 2000.0
 
 
 def test_the_mel_pitch_places_the_comb_on_a_voice():
@@ -108,7 +123,7 @@ def test_the_mel_pitch_places_the_comb_on_a_voice():
     noise = 0.01 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(2))
     audio = (clean + noise)[None]
     mel = MelSpectrogram()(audio)
-    out = HarmonicPostfilter()(audio, mel, 0.5)
+    out = HarmonicPostfilter(cutoff_hz=2000.0)(audio, mel, 0.5)
     spec_in, spec_out = (np.abs(np.fft.rfft(s[0, 2048:-2048].double().numpy())) ** 2 for s in (audio, out))
     freqs = np.fft.rfftfreq(audio.shape[1] - 4096, 1 / SR)
     harmonics = np.isclose(freqs[:, None], f0 * np.arange(1, 13)[None], atol=3).any(1)
