@@ -78,6 +78,20 @@ def test_infer_conv1d_is_conv1d(kernel, dilation, batch, length):
     assert w.grad is not None and w.grad.abs().sum() > 0
 
 
+def test_infer_conv1d_takes_torchs_path_when_told_the_fast_paths_do_not_apply():
+    """``fast=False`` (what a caller passes once it has found autograd, tracing or export on)
+    keeps F.conv1d even at float32 CPU inference; ``fast=True`` is the stacked-taps path."""
+    x, w, b = torch.randn(1, 96, 40), torch.randn(192, 96, 3), torch.randn(192)
+    expected = F.conv1d(x, w, b, padding=2, dilation=2)
+    with torch.inference_mode():
+        for fast, op in ((False, "aten::convolution"), (True, "aten::addmm"), (None, "aten::addmm")):
+            with torch.profiler.profile() as prof:
+                got = infer_conv1d(x, w, b, 2, 2, fast=fast)
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+            ops = {e.name for e in prof.events()}
+            assert op in ops and ("aten::addmm" in ops) == (op == "aten::addmm"), (fast, ops)
+
+
 def test_fused_float32_inference_at_batch_one_equals_the_network():
     net = _wavenet().eval()
     for length in (3, 60):

@@ -31,6 +31,7 @@ def infer_conv1d(
     padding: int = 0,
     dilation: int = 1,
     taps: torch.Tensor | None = None,
+    fast: bool | None = None,
 ) -> torch.Tensor:
     """``F.conv1d(x, weight, bias, padding=padding, dilation=dilation)``, ``(B, C_in, T) ->
     (B, C_out, T')``, computed the fastest way measured at CPU inference in float32:
@@ -42,8 +43,11 @@ def infer_conv1d(
     * a longer one through oneDNN (torch also picks it there for one tap; for several it picks
       the native path at batch 1 under 20,480 input elements).
 
-    Autograd, tracing and export (which has no oneDNN op) take ``F.conv1d``."""
-    if not _fast_path_applies(x):
+    Autograd, tracing and export (which has no oneDNN op) take ``F.conv1d``. ``fast``: whether
+    the fast paths may run, ``fast_path_applies(x)`` (computed when None): a caller that runs
+    many convs on inputs of one kind checks once (the check costs about 35 us, a third of a
+    small conv's time)."""
+    if not (fast_path_applies(x) if fast is None else fast):
         return F.conv1d(x, weight, bias, padding=padding, dilation=dilation)
     kernel = weight.shape[2]
     if x.shape[0] == 1 and x.shape[2] <= STACKED_MAX_STEPS:
@@ -63,7 +67,9 @@ def infer_conv1d(
     return out.squeeze(2)
 
 
-def _fast_path_applies(x: torch.Tensor) -> bool:
+def fast_path_applies(x: torch.Tensor) -> bool:
+    """Whether ``infer_conv1d`` may leave ``F.conv1d`` for an input like ``x``: float32 CPU
+    inference with oneDNN, no autograd, tracing, scripting, compiling or ONNX export."""
     return (
         not torch.is_grad_enabled()
         and x.dtype == torch.float32
@@ -229,8 +235,9 @@ class WaveNet(nn.Module):
         c, c2 = self.n_channels, 2 * self.n_channels
         pad = self.in_layers[0].padding
         conds = cond.split(c2, dim=1)  # one per layer (see gated_activation on split)
-        h = infer_conv1d(x, fused.start_w, fused.start_b)
-        pre = infer_conv1d(x, fused.first_w, fused.first_b, pad, taps=fused.first_taps)
+        fast = fast_path_applies(x) and cond.dtype == x.dtype  # checked once: every conv below takes x's kind
+        h = infer_conv1d(x, fused.start_w, fused.start_b, fast=fast)
+        pre = infer_conv1d(x, fused.first_w, fused.first_b, pad, taps=fused.first_taps, fast=fast)
         if pad:
             # The first dilated conv zero-pads h, not x: outside the signal start(x) would
             # be start's bias, so take its contribution back where taps fall off the ends.
@@ -239,10 +246,10 @@ class WaveNet(nn.Module):
         for i, in_layer in enumerate(self.in_layers):
             if i:
                 pre = infer_conv1d(
-                    h, fused.in_w[i], fused.in_b[i], in_layer.padding, in_layer.dilation, fused.in_taps[i]
+                    h, fused.in_w[i], fused.in_b[i], in_layer.padding, in_layer.dilation, fused.in_taps[i], fast
                 )
             acts = gated_activation(pre + conds[i], c)
-            res_skip = infer_conv1d(acts, fused.res_skip_w[i], fused.res_skip_b[i])
+            res_skip = infer_conv1d(acts, fused.res_skip_w[i], fused.res_skip_b[i], fast=fast)
             if i < self.n_layers - 1:
                 res, res_skip = res_skip.split([c, res_skip.shape[1] - c], dim=1)
                 h = h + res
