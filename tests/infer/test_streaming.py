@@ -192,3 +192,30 @@ def test_a_correction_held_back_less_than_its_reach_approximates_offline(clip):
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="correction_frames"):
             StreamingVocoder(voc, correction_frames=bad)
+
+
+def test_a_stream_reads_each_frames_pitch_and_lp_once(clip):
+    """The pulse source's tracks and the LP coefficients are per-frame values: a stream keeps
+    them for the frames its windows share, so one-frame pushes compute each frame's once
+    (the tail included) and the audio is offline synthesis's."""
+    voc = Vocoder.default()
+    mel = torch.from_numpy(voc.mel(load_wav(clip)[:12000]))
+    model, counted = voc.model, {"tracks": 0, "lp": 0}
+
+    def counting(name, method):
+        def wrapper(m, *args, **kwargs):
+            counted[name] += m.shape[2]
+            return method(m, *args, **kwargs)
+
+        return wrapper
+
+    options = {"seed": 1, "postfilter": 0.0, "mel_correction": 0}
+    offline = voc(mel, **options)
+    model.source.frame_tracks = counting("tracks", model.source.frame_tracks)
+    model.lpc.coefficients = counting("lp", model.lpc.coefficients)
+    try:
+        streamed, _ = stream_all(StreamingVocoder(voc, block_frames=3, **options), mel, 1)
+    finally:
+        del model.source.frame_tracks, model.lpc.coefficients
+    assert counted == {"tracks": mel.shape[1] + voc.tail_frames, "lp": mel.shape[1] + voc.tail_frames}
+    assert snr_db(offline, streamed) >= 100

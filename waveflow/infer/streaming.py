@@ -145,6 +145,11 @@ class StreamingVocoder:
         self._scale_checked = not self.check_input  # decided for this utterance (warned, or enough frames)
         self._lp_state: torch.Tensor | None = None  # linear prediction: the last output samples
         self._phase = torch.zeros(1, dtype=torch.float64)  # pulse source: its phase at frame self._offset
+        # Per-frame values of self._mel's first frames (each a function of its frame alone), kept
+        # so that a frame's are computed once however many windows read it: the pulse source's
+        # period and voicing, and the LP predictor and gain.
+        self._tracks: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._lp: tuple[torch.Tensor, torch.Tensor] | None = None
         self._numpy = False  # the last chunk was a numpy array: return numpy
         self._post = self.chain.stream(self.vocoder.device)  # the stages' state for this utterance
 
@@ -220,16 +225,22 @@ class StreamingVocoder:
         with torch.no_grad():
             mel = window[None].to(self.vocoder.device)
             lpc, source = self.vocoder.model.lpc, self.vocoder.model.source
-            phase0 = 0.0
+            self._extend_frame_values(available)
+            first, last = start - self._offset, available - self._offset  # the window in the buffer
+            phase0, tracks = 0.0, None
             if source is not None:  # the phase at the window's start, from the phase at the buffer's start
-                phase0 = source.advance(self._mel[None, :, : start - self._offset].to(mel.device), self._phase)
+                period, voicing = self._tracks
+                phase0 = source.advance_periods(period[:, :first], self._phase)
+                tracks = period[:, first:last], voicing[:, first:last]
             if lpc is None:
                 audio = self.vocoder.synthesize_window(mel, start, self.seed, self.sigma, self.harmonic)[0, lo:hi]
                 audio = audio.cpu()
             else:  # the synthesis filter runs once over the utterance, its state carried from chunk to chunk
-                residual = self.vocoder.excitation_window(mel, start, self.seed, self.sigma, phase0, self.harmonic)
+                residual = self.vocoder.excitation_window(
+                    mel, start, self.seed, self.sigma, phase0, self.harmonic, tracks=tracks
+                )
                 residual = residual[:, lo:hi]
-                a, g = lpc.coefficients(mel)
+                a, g = (values[:, first:last] for values in self._lp)
                 audio, self._lp_state = lpc.synthesize(residual, a, g, start=lo, state=self._lp_state)
                 audio = audio[0].float().cpu()
         self.compute_s += time.perf_counter() - t0
@@ -239,10 +250,32 @@ class StreamingVocoder:
         drop = max(0, self._emitted - self.lookback) - self._offset
         if drop > 0:
             if source is not None:
-                self._phase = source.advance(self._mel[None, :, :drop].to(mel.device), self._phase).cpu()
+                self._phase = source.advance_periods(self._tracks[0][:, :drop], self._phase).cpu()
+            self._tracks = None if self._tracks is None else tuple(v[:, drop:] for v in self._tracks)
+            self._lp = None if self._lp is None else tuple(v[:, drop:] for v in self._lp)
             self._mel = self._mel[:, drop:]
             self._offset += drop
         return audio
+
+    def _extend_frame_values(self, available: int) -> None:
+        """Compute the per-frame values (``reset`` lists them) of the buffer's frames up to
+        absolute frame ``available`` that have none yet, in one call."""
+        model, device = self.vocoder.model, self.vocoder.device
+        for name, module in (("_tracks", model.source), ("_lp", model.lpc)):
+            if module is None:
+                continue
+            kept = getattr(self, name)
+            done = 0 if kept is None else kept[0].shape[1]
+            if done >= available - self._offset:
+                continue
+            new = self._mel[None, :, done : available - self._offset].to(device)
+            if name == "_tracks":  # as the model reads them: from the mel in its own dtype
+                values = module.frame_tracks(new.to(self.vocoder.dtype))
+            else:
+                values = module.coefficients(new)
+            if kept is not None:
+                values = tuple(torch.cat([old, v], dim=1) for old, v in zip(kept, values, strict=True))
+            setattr(self, name, values)
 
     def stream(self, chunks: Iterable[MelLike]) -> Iterator[MelLike]:
         """Yield audio for an iterable of mel chunks, ending with the flush."""

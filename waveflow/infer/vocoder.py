@@ -380,8 +380,11 @@ class Vocoder:
         return z.to(self.device, self._dtype)
 
     @property
-    def _dtype(self) -> torch.dtype:
+    def dtype(self) -> torch.dtype:
+        """The dtype the model computes in: float16 for a half-precision vocoder, else float32."""
         return torch.float16 if self.half else torch.float32
+
+    _dtype = dtype
 
     def synthesize_window(
         self, mel: torch.Tensor, start_frame: int, seed: int, sigma: float, harmonic: float = 0.0
@@ -405,11 +408,13 @@ class Vocoder:
         sigma: float,
         phase0: torch.Tensor | float = 0.0,
         harmonic: float = 0.0,
+        tracks: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The flow's output ``(B, F * hop)`` for a window as in ``synthesize_window``: the audio,
         or for a model with linear prediction the residual before the synthesis filter.
         ``phase0``: a pulse source's phase at the window's start (0 at an utterance's start).
-        ``harmonic``: the harmonic excitation's strength (``waveflow.dsp.harmonic``; 0: off)."""
+        ``harmonic``: the harmonic excitation's strength (``waveflow.dsp.harmonic``; 0: off).
+        ``tracks``: the pulse source's per-frame tracks of the window, if the caller has them."""
         hop, n_group = self.hop_length, self.model.cfg.n_group
         length = mel.shape[2] * hop
         first, last = start_frame * hop // n_group, -(-(start_frame * hop + length) // n_group)
@@ -417,7 +422,7 @@ class Vocoder:
             raise ValueError(f"hop {hop} is not a multiple of n_group {n_group}")
         z = self.latent(seed, first, last - first, sigma)
         z = z.unsqueeze(0).expand(mel.shape[0], -1, -1)
-        return self.model.excitation(z, mel.to(self._dtype), phase0, harmonic=harmonic)[:, :length]
+        return self.model.excitation(z, mel.to(self._dtype), phase0, harmonic=harmonic, tracks=tracks)[:, :length]
 
     @property
     def sigma(self) -> float:

@@ -224,12 +224,15 @@ class WaveGlow(nn.Module):
         phase0: torch.Tensor | float = 0.0,
         phase: torch.Tensor | None = None,
         harmonic: float = 0.0,
+        tracks: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The flow's inverse alone: z -> ``(B, T' * n_group)``, the LP residual when the model
         has linear prediction (``lpc.synthesize`` turns it into audio), else the audio. A pulse
         source runs free from ``phase0`` (a stream's carried phase), or follows ``phase``.
         ``harmonic`` > 0 (a model with a pulse source): the voiced share of the result made
-        periodic at that strength after the flow (``waveflow.dsp.harmonic``; weightless)."""
+        periodic at that strength after the flow (``waveflow.dsp.harmonic``; weightless).
+        ``tracks``: the pulse source's ``frame_tracks(mel)`` when the caller has them (a stream
+        keeps them per frame), else computed here."""
         self._check_mel(mel)
         if harmonic and self.source is None:
             raise ValueError("harmonic excitation needs a model with a pulse source (model.pulse_source)")
@@ -237,7 +240,8 @@ class WaveGlow(nn.Module):
         if z.dim() != 3 or z.shape[0] != mel.shape[0] or z.shape[1] != cfg.n_group:
             raise ValueError(f"z has shape {tuple(z.shape)}; expected ({mel.shape[0]}, {cfg.n_group}, steps)")
         composed = self._composed_conditioning(mel.shape[2], z.shape[2])
-        tracks = self.source.frame_tracks(mel) if harmonic else None  # read once, by both
+        if tracks is None and harmonic:
+            tracks = self.source.frame_tracks(mel)  # read once, by the conditioning and the step
         cond = None
         if composed is None:
             cond = self.upsample_mel(mel, z.shape[2] * cfg.n_group, phase, phase0, tracks=tracks)

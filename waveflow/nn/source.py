@@ -127,10 +127,16 @@ class PulseSource(nn.Module):
     def advance(self, mel: torch.Tensor, phase0: torch.Tensor | float = 0.0) -> torch.Tensor:
         """The free phase ``(B,)`` after all of ``mel``'s frames (``hop`` samples each), starting
         at ``phase0``."""
-        start = torch.as_tensor(phase0, dtype=torch.float64, device=mel.device).reshape(-1)
         if mel.shape[2] == 0:
+            start = torch.as_tensor(phase0, dtype=torch.float64, device=mel.device).reshape(-1)
             return start.expand(mel.shape[0]).clone()
-        period, _ = self.frame_tracks(mel)
+        return self.advance_periods(self.frame_tracks(mel)[0], phase0)
+
+    def advance_periods(self, period: torch.Tensor, phase0: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """``advance`` from the frames' periods ``(B, F)`` (``frame_tracks``' first track)."""
+        start = torch.as_tensor(phase0, dtype=torch.float64, device=period.device).reshape(-1)
+        if period.shape[1] == 0:
+            return start.expand(period.shape[0]).clone()
         return torch.remainder((2 * math.pi * self.hop_length / period).sum(dim=1) + start, 2 * math.pi)
 
     def locked_phase(self, residual: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
