@@ -16,7 +16,10 @@ Measures: DistillMOS and DNSMOS P.835 OVRL/SIG/BAK (no reference; ``../shared/to
 run with ``--mos-python`` in a subprocess, skipped with a note when it cannot run), PESQ-wb
 and STOI against the recording (as ``waveflow evaluate``), F0 error in cents and V/UV F1
 against harvest on the recording (``waveflow.train.evaluate.pitch_agreement``), and the same pitch
-figures for the mel-derived track of each tracker alone. Means over clips.
+figures for the mel-derived track of each tracker alone. Means over clips. A second table gives
+each system's harmonic-to-valley ratio per band (``harmonic_valley_db``, at harvest's F0 on
+the recording): how clearly its voiced frames carry harmonics, band by band, next to the
+recording's own.
 
     python scripts/naturalness_study.py --out exp/naturalness            # the two held-out clips
     python scripts/naturalness_study.py --out exp/nat32 --systems recordings --no-mos \
@@ -39,9 +42,12 @@ from waveflow.dsp.pitch import TRACKERS
 from waveflow.dsp.pulsetrain import mel_tracks, pulse_noise_vocoder
 from waveflow.infer.vocoder import load_vocoder
 from waveflow.train.evaluate import (
+    HVR_BANDS,
     PITCH_SYSTEMS,
     clip_pitch,
+    frame_start,
     griffin_lim,
+    harmonic_valley_db,
     harvest_f0,
     pitch_available,
     quality,
@@ -111,6 +117,24 @@ def run_mos(python: str, script: Path, folders: list[Path]) -> tuple[dict[str, d
 def mean_of(rows: list[dict], key: str) -> float:
     values = [r[key] for r in rows if np.isfinite(r.get(key, np.nan))]
     return float(np.mean(values)) if values else float("nan")
+
+
+def hvr_key(band: tuple[float, float]) -> str:
+    return f"hvr_{band[0] / 1000:g}_{band[1] / 1000:g}khz"
+
+
+def format_hvr_table(summary: dict[str, dict[str, float]], names: dict[str, str]) -> str:
+    """The harmonic-to-valley ratio per band (``harmonic_valley_db``, at harvest's F0 on the
+    recording, its voiced frames): how far each system's harmonics stand out, band by band."""
+    bands = [f"{lo / 1000:g}-{hi / 1000:g} kHz" for lo, hi in HVR_BANDS]
+    lines = [
+        "| harmonic-to-valley ratio (dB), voiced frames | " + " | ".join(bands) + " |",
+        "|---" * (len(bands) + 1) + "|",
+    ]
+    for system, s in summary.items():
+        cells = [f"{s[hvr_key(b)]:.1f}" if np.isfinite(s.get(hvr_key(b), np.nan)) else "-" for b in HVR_BANDS]
+        lines.append(f"| {names[system]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def format_table(summary: dict[str, dict[str, float]], names: dict[str, str]) -> str:
@@ -189,10 +213,13 @@ def study(args: argparse.Namespace) -> int:
         mel = voc.mel(audio)
         outputs = {name: synthesize(voc, audio, mel, name, args.seed, tracker) for name in folders}
         scored = {k: v for k, v in outputs.items() if k != "recordings"}
-        pitch = clip_pitch(audio, mel, voc.config.mel, scored, TRACKERS)
+        cfg = voc.config.mel
+        ref = harvest_f0(audio.astype(np.float32), cfg.sample_rate, cfg.hop_length, mel.shape[-1], frame_start(cfg))
+        pitch = clip_pitch(audio, mel, cfg, scored, TRACKERS, reference_f0=ref)
         for name, x in outputs.items():
             save_wav(folders[name] / f"{path.stem}.wav", x, voc.sample_rate)
-            row = {"clip": path.stem}
+            hvr = harmonic_valley_db(x[: len(audio)], ref, cfg.sample_rate, cfg.hop_length, frame_start(cfg))
+            row = {"clip": path.stem, **{hvr_key(band): float(v) for band, v in zip(HVR_BANDS, hvr, strict=True)}}
             if name != "recordings":
                 row |= quality(audio, x, voc.sample_rate, voc.mel) | pitch[name]
             per_clip[name].append(row)
@@ -212,8 +239,13 @@ def study(args: argparse.Namespace) -> int:
     names = {**SYSTEMS, **{name: PITCH_SYSTEMS[name] for name in tracks}}
     names["waveflow"] = SYSTEMS["waveflow"].format(model=model)
     names["pulse_mel"] = SYSTEMS["pulse_mel"].format(tracker=f"{tracker} tracker")
+    for name in folders:
+        summary[name] |= {hvr_key(band): mean_of(per_clip[name], hvr_key(band)) for band in HVR_BANDS}
     print(f"{len(clips)} clips, {seconds:.1f} s; wavs in {args.out}/<system>/; means over clips")
     print(format_table(summary, names))
+    if folders:
+        print()
+        print(format_hvr_table({name: summary[name] for name in folders}, names))
     if note:
         print(note)
     if args.json:

@@ -237,6 +237,29 @@ def test_window_f0_averages_log_f0_over_the_mels_window_within_voiced_runs():
         window_f0(np.array([100.0, -1.0]), cfg)
 
 
+def test_harmonic_valley_ratio_tells_harmonics_from_noise_band_by_band():
+    from waveflow.train.evaluate import HVR_BANDS, harmonic_valley_db
+
+    sr, hop = 22050, 256
+    saw = sawtooth(np.full(2 * sr, 150.0)).astype(np.float64)
+    f0 = np.full(1 + len(saw) // hop, 150.0)
+    clean = harmonic_valley_db(saw, f0, sr, hop)
+    assert clean.shape == (len(HVR_BANDS),) and (clean > 40).all(), clean
+    noise = np.random.default_rng(0).standard_normal(len(saw))
+    flat = harmonic_valley_db(noise, f0, sr, hop)
+    assert (np.abs(flat - 3) < 1.5).all(), flat  # the peak is the largest of three bins: about 3 dB
+    # harmonics below 2.5 kHz only, noise everywhere: the upper bands read as noise
+    spectrum = np.fft.rfft(saw)
+    spectrum[np.fft.rfftfreq(len(saw), 1 / sr) > 2500] = 0
+    mixed = harmonic_valley_db(np.fft.irfft(spectrum, len(saw)) + 0.003 * noise, f0, sr, hop)
+    assert (mixed[:2] > 20).all() and (np.abs(mixed[3:] - 3) < 1.5).all(), mixed
+    # unvoiced frames are skipped; none voiced: NaN in every band
+    assert np.isnan(harmonic_valley_db(saw, np.zeros_like(f0), sr, hop)).all()
+    half = f0.copy()
+    half[: len(f0) // 2] = 0
+    np.testing.assert_allclose(harmonic_valley_db(saw, half, sr, hop), clean, atol=3)
+
+
 @pytest.mark.parametrize("tracker", ["comb", "template"])
 def test_mel_track_of_a_sawtooth_agrees_with_harvest(tracker):
     from waveflow.train.evaluate import harvest_f0, mel_f0, pitch_agreement

@@ -47,9 +47,10 @@ def setup(tmp_path_factory, mini_corpus):
     return tmp
 
 
-def table_rows(stdout: str) -> dict[str, list[str]]:
-    """{first cell: the other cells} of the markdown table rows printed."""
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in stdout.splitlines()]
+def table_rows(stdout: str, table: int = 0) -> dict[str, list[str]]:
+    """{first cell: the other cells} of the rows of the ``table``-th markdown table printed."""
+    tables = [t for t in stdout.split("\n\n") if "|" in t]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in tables[table].splitlines()]
     return {r[0]: r[1:] for r in rows if len(r) > 1}
 
 
@@ -80,7 +81,14 @@ def test_study_writes_one_folder_per_system_and_a_table(setup):
     floor = rows["harvest on the reference, averaged over the mel's window (a mel track's floor)"]
     assert floor[:6] == ["-"] * 6 and float(floor[-1]) == 1.0  # voicing kept: every voiced frame stays voiced
     assert "pulse train + noise, mel F0 and voicing (comb tracker; LP, post-filter, correction)" in rows
+    # the harmonic-to-valley table: a row per system, a column per band; the recording (real
+    # speech) carries its harmonics well above the noise floor (about 3 dB) in the low bands
+    hvr = table_rows(done.stdout, 1)
+    assert len(hvr) == 2 + len(SYSTEMS) and set(hvr) >= {"the recordings", "waveflow, tiny.pt, defaults"}
+    assert all(len(cells) == 6 for cells in hvr.values())  # 0-1 .. 5-6 kHz
+    assert all(float(v) > 6 for v in hvr["the recordings"][:2]), hvr["the recordings"]
     summary = json.loads((setup / "s.json").read_text())["summary"]
+    assert summary["recordings"]["hvr_0_1khz"] == pytest.approx(float(hvr["the recordings"][0]), abs=0.051)
     # the control fed the recording's own pitch keeps it: harvest on its output finds it again
     assert summary["pulse_harvest"]["voiced_recall"] > 0.8 and summary["pulse_harvest"]["f0_median_cents"] < 15
     assert summary["pulse_harvest"]["f0_median_cents"] < summary["pulse_mel"]["f0_median_cents"] + 15

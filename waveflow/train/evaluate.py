@@ -40,6 +40,10 @@ MEASURES = ("mel_l1", "pesq_wb", "stoi")
 # highest, wider than MelPitch's 69-551 Hz so that the tracker does not share its limits
 HARVEST_F0_RANGE = (60.0, 800.0)
 MEL_VOICED = 0.5  # a frame counts as voiced by the mel when period_voicing's voicing exceeds this
+# Bands of the harmonic-to-valley ratio (``harmonic_valley_db``), Hz: issue 19 asks for the
+# harmonics of voiced frames up to 4 kHz
+HVR_BANDS = ((0.0, 1000.0), (1000.0, 2000.0), (2000.0, 3000.0), (3000.0, 4000.0), (4000.0, 5000.0), (5000.0, 6000.0))
+HVR_FFT = 2048  # 93 ms at 22050 Hz: harmonics of 60 Hz and up are resolved
 PITCH_MEASURES = ("f0_median_cents", "f0_p90_cents", "f0_rmse_cents", "vuv_f1", "voiced_recall")
 PITCH_SYSTEMS = {
     "waveflow": "waveflow output (harvest)",
@@ -218,22 +222,74 @@ def window_f0(f0: np.ndarray, mel_cfg) -> np.ndarray:
     return np.where(voiced, np.exp(num / np.where(voiced, den, 1.0)), 0.0)
 
 
+def harmonic_valley_db(
+    audio: np.ndarray,
+    f0: np.ndarray,
+    sample_rate: int,
+    hop: int,
+    start: int = 0,
+    bands: tuple[tuple[float, float], ...] = HVR_BANDS,
+    n_fft: int = HVR_FFT,
+) -> np.ndarray:
+    """How far the harmonics of ``f0`` stand out of ``audio``'s spectrum, per band: ``(bands,)``
+    float64 in dB, NaN for a band no frame reaches.
+
+    For every frame i voiced in ``f0`` (Hz, 0: unvoiced; frame i centred on sample
+    ``start + i * hop``) whose ``n_fft`` Hann window lies inside the audio, and every band:
+    the mean magnitude at the harmonics ``k f0`` in the band (the largest of the three bins
+    nearest each) over the mean magnitude half-way between them (``(k + 1/2) f0``, interpolated),
+    in dB; then the mean over frames. A clean harmonic series gives tens of dB, noise about 3
+    (the peak takes the largest of three bins). Read it with ``f0`` from the reference (harvest),
+    so every system is measured at the same frames and harmonics."""
+    x = np.asarray(audio, dtype=np.float64)
+    f0 = np.asarray(f0, dtype=np.float64)
+    window = np.hanning(n_fft)
+    bin_hz = sample_rate / n_fft
+    sums, counts = np.zeros(len(bands)), np.zeros(len(bands))
+    for i in np.flatnonzero(f0 > 0):
+        lo = start + i * hop - n_fft // 2
+        if lo < 0 or lo + n_fft > len(x):
+            continue
+        spectrum = np.abs(np.fft.rfft(x[lo : lo + n_fft] * window))
+        for b, (f_lo, f_hi) in enumerate(bands):
+            k = np.arange(max(1, math.ceil(f_lo / f0[i])), math.ceil(f_hi / f0[i]))
+            k = k[(k + 0.5) * f0[i] < sample_rate / 2 - bin_hz]
+            if not len(k):
+                continue
+            centre = np.rint(k * f0[i] / bin_hz).astype(int)
+            peaks = np.max([spectrum[np.clip(centre + d, 0, len(spectrum) - 1)] for d in (-1, 0, 1)], axis=0)
+            valleys = np.interp((k + 0.5) * f0[i] / bin_hz, np.arange(len(spectrum)), spectrum)
+            sums[b] += 20 * np.log10(max(peaks.mean(), 1e-12) / max(valleys.mean(), 1e-12))
+            counts[b] += 1
+    with np.errstate(invalid="ignore"):
+        return sums / counts
+
+
+def frame_start(mel_cfg) -> int:
+    """The sample on which the mel's frame 0 is centred (frame i: ``frame_start + i * hop``)."""
+    return mel_cfg.hop_length // 2 - mel_cfg.frame_offset
+
+
 def _as_written(audio: np.ndarray) -> np.ndarray:
     """The audio as a 16-bit wav holds it (``save_wav`` clips to [-1, 1))."""
     return np.clip(audio.astype(np.float32), -1.0, 32767.0 / 32768.0)
 
 
 def clip_pitch(
-    audio: np.ndarray, mel: np.ndarray, mel_cfg, outputs: dict[str, np.ndarray], trackers: tuple[str, ...] = ("comb",)
+    audio: np.ndarray,
+    mel: np.ndarray,
+    mel_cfg,
+    outputs: dict[str, np.ndarray],
+    trackers: tuple[str, ...] = ("comb",),
+    reference_f0: np.ndarray | None = None,
 ) -> dict[str, dict]:
     """Pitch figures of one clip: each of ``outputs`` (system -> audio, scored as written) and
     the mel-derived track of each of ``trackers`` (``"mel_<tracker>"``), against harvest on
     the reference ``audio``; ``"harvest_window"``, harvest's own track through ``window_f0``,
-    is the floor of the mel-derived rows."""
-    frames, hop = mel.shape[-1], mel_cfg.hop_length
-    start = hop // 2 - mel_cfg.frame_offset  # where frame 0 is centred
-    track = lambda x: harvest_f0(x, mel_cfg.sample_rate, hop, frames, start)
-    ref = track(audio.astype(np.float32))
+    is the floor of the mel-derived rows. ``reference_f0``: harvest on ``audio`` at the mel's
+    frames (``harvest_f0`` from ``frame_start``), when the caller has it already."""
+    track = lambda x: harvest_f0(x, mel_cfg.sample_rate, mel_cfg.hop_length, mel.shape[-1], frame_start(mel_cfg))
+    ref = track(audio.astype(np.float32)) if reference_f0 is None else reference_f0
     result = {name: pitch_agreement(ref, track(_as_written(out[: len(audio)]))) for name, out in outputs.items()}
     for tracker in trackers:
         result[f"mel_{tracker}"] = pitch_agreement(ref, mel_f0(mel, mel_cfg, tracker))
