@@ -26,11 +26,11 @@ the midpoints between them are nulled, and nothing is inverted. Unvoiced frames 
 everything above the cut-off are untouched.
 
 The cut-off was 2 kHz first. Raised to the mel's top (8 kHz for the LJSpeech convention), on
-the bundled model with its defaults, DistillMOS went from 4.08 to 4.18 on the two clips it
-never trained on and from 4.11 to 4.21 on 8 of its training clips, rising steadily through
-3, 4, 5 and 6 kHz and no further at 10 kHz; on the same clips resampled to a lower and a
-higher voice it stayed at 4.21, and DNSMOS OVRL, PESQ and STOI moved by 0.01 at most
-(docs/naturalness.md). The flow's excitation is still partly noise up there, and the comb
+the bundled model with its defaults, DistillMOS went from 4.07 to 4.18 on the two clips it
+never trained on and from 4.13 to 4.21 on 8 of its training clips (in a sweep it rose
+steadily through 3, 4, 5 and 6 kHz and no further at 10 kHz); on clips resampled to a lower
+and a higher voice it stayed at 4.21 / 4.20, and DNSMOS OVRL, PESQ and STOI moved by 0.02 at
+most (docs/naturalness.md). The flow's excitation is still partly noise up there, and the comb
 takes the noise between the harmonics out wherever the mel says the frame is voiced.
 
 The filter reads ``margin = max period + FIR half-length`` samples on either side of a sample,
