@@ -45,7 +45,6 @@ from waveflow.train.evaluate import (
     HVR_BANDS,
     PITCH_SYSTEMS,
     clip_pitch,
-    frame_start,
     griffin_lim,
     harmonic_valley_db,
     harvest_f0,
@@ -68,8 +67,11 @@ SYSTEMS = {
 }
 
 
-def synthesize(voc, audio: np.ndarray, mel: np.ndarray, system: str, seed: int, tracker: str) -> np.ndarray:
-    """One system's audio for a clip and its mel, as long as ``audio``."""
+def synthesize(
+    voc, audio: np.ndarray, mel: np.ndarray, system: str, seed: int, tracker: str, f0: np.ndarray
+) -> np.ndarray:
+    """One system's audio for a clip and its mel, as long as ``audio``; ``f0``: harvest on
+    ``audio`` at the mel's frames (the ``pulse_harvest`` control's pitch)."""
     cfg = voc.config.mel
     if system == "recordings":
         return audio
@@ -82,8 +84,6 @@ def synthesize(voc, audio: np.ndarray, mel: np.ndarray, system: str, seed: int, 
     elif system == "pulse_mel":
         out = pulse_noise_vocoder(voc, mel, *mel_tracks(mel, cfg, tracker), seed=seed, tracker=tracker)
     else:
-        start = cfg.hop_length // 2 - cfg.frame_offset  # where frame 0 is centred
-        f0 = harvest_f0(audio, cfg.sample_rate, cfg.hop_length, mel.shape[1], start)
         out = pulse_noise_vocoder(voc, mel, f0, (f0 > 0).astype(np.float64), seed=seed, tracker=tracker)
     return out[: len(audio)]
 
@@ -211,14 +211,14 @@ def study(args: argparse.Namespace) -> int:
         audio = load_wav(path, voc.sample_rate)
         seconds += len(audio) / voc.sample_rate
         mel = voc.mel(audio)
-        outputs = {name: synthesize(voc, audio, mel, name, args.seed, tracker) for name in folders}
-        scored = {k: v for k, v in outputs.items() if k != "recordings"}
         cfg = voc.config.mel
-        ref = harvest_f0(audio.astype(np.float32), cfg.sample_rate, cfg.hop_length, mel.shape[-1], frame_start(cfg))
+        ref = harvest_f0(audio.astype(np.float32), cfg.sample_rate, cfg.hop_length, mel.shape[-1], cfg.frame0_centre)
+        outputs = {name: synthesize(voc, audio, mel, name, args.seed, tracker, ref) for name in folders}
+        scored = {k: v for k, v in outputs.items() if k != "recordings"}
         pitch = clip_pitch(audio, mel, cfg, scored, TRACKERS, reference_f0=ref)
         for name, x in outputs.items():
             save_wav(folders[name] / f"{path.stem}.wav", x, voc.sample_rate)
-            hvr = harmonic_valley_db(x[: len(audio)], ref, cfg.sample_rate, cfg.hop_length, frame_start(cfg))
+            hvr = harmonic_valley_db(x[: len(audio)], ref, cfg.sample_rate, cfg.hop_length, cfg.frame0_centre)
             row = {"clip": path.stem, **{hvr_key(band): float(v) for band, v in zip(HVR_BANDS, hvr, strict=True)}}
             if name != "recordings":
                 row |= quality(audio, x, voc.sample_rate, voc.mel) | pitch[name]

@@ -126,6 +126,12 @@ class MelConfig:
         half a hop early; hifigan's frame f is centred on ``f * hop + hop / 2``."""
         return self.hop_length // 2 if self.preset == "default" else 0
 
+    @property
+    def frame0_centre(self) -> int:
+        """The sample on which frame 0 is centred (frame f: ``frame0_centre + f * hop``): 0 for
+        the default's centred frames, ``hop / 2`` for hifigan's."""
+        return self.hop_length // 2 - self.frame_offset
+
     def frames(self, num_samples: int) -> int:
         """Number of mel frames this convention produces for ``num_samples`` samples."""
         if self.preset == "hifigan":

@@ -105,8 +105,7 @@ def pulse_noise_vocoder(
         raise ValueError("the pulse-train control needs a model with linear prediction (model.lpc_order > 0)")
     cfg = voc.config.mel
     length = mel.shape[-1] * cfg.hop_length
-    start = cfg.hop_length // 2 - cfg.frame_offset  # where frame 0 is centred
-    e = pulse_noise(f0, voicing, length, cfg.sample_rate, cfg.hop_length, start, seed)
+    e = pulse_noise(f0, voicing, length, cfg.sample_rate, cfg.hop_length, cfg.frame0_centre, seed)
     stages = voc.chain(limit=limit).stages  # the checkpoint's post-processing, as Vocoder plays it
     if tracker is not None and tracker != voc.config.model.pitch_tracker:  # the post-filter reads this one
         postfilter = HarmonicPostfilter.for_mel(cfg, tracker)

@@ -265,11 +265,6 @@ def harmonic_valley_db(
         return sums / counts
 
 
-def frame_start(mel_cfg) -> int:
-    """The sample on which the mel's frame 0 is centred (frame i: ``frame_start + i * hop``)."""
-    return mel_cfg.hop_length // 2 - mel_cfg.frame_offset
-
-
 def _as_written(audio: np.ndarray) -> np.ndarray:
     """The audio as a 16-bit wav holds it (``save_wav`` clips to [-1, 1))."""
     return np.clip(audio.astype(np.float32), -1.0, 32767.0 / 32768.0)
@@ -287,8 +282,8 @@ def clip_pitch(
     the mel-derived track of each of ``trackers`` (``"mel_<tracker>"``), against harvest on
     the reference ``audio``; ``"harvest_window"``, harvest's own track through ``window_f0``,
     is the floor of the mel-derived rows. ``reference_f0``: harvest on ``audio`` at the mel's
-    frames (``harvest_f0`` from ``frame_start``), when the caller has it already."""
-    track = lambda x: harvest_f0(x, mel_cfg.sample_rate, mel_cfg.hop_length, mel.shape[-1], frame_start(mel_cfg))
+    frames (``harvest_f0`` from ``mel_cfg.frame0_centre``), when the caller has it already."""
+    track = lambda x: harvest_f0(x, mel_cfg.sample_rate, mel_cfg.hop_length, mel.shape[-1], mel_cfg.frame0_centre)
     ref = track(audio.astype(np.float32)) if reference_f0 is None else reference_f0
     result = {name: pitch_agreement(ref, track(_as_written(out[: len(audio)]))) for name, out in outputs.items()}
     for tracker in trackers:
