@@ -260,22 +260,23 @@ class StreamingVocoder:
     def _extend_frame_values(self, available: int) -> None:
         """Compute the per-frame values (``reset`` lists them) of the buffer's frames up to
         absolute frame ``available`` that have none yet, in one call."""
-        model, device = self.vocoder.model, self.vocoder.device
-        for name, module in (("_tracks", model.source), ("_lp", model.lpc)):
-            if module is None:
-                continue
-            kept = getattr(self, name)
-            done = 0 if kept is None else kept[0].shape[1]
-            if done >= available - self._offset:
-                continue
-            new = self._mel[None, :, done : available - self._offset].to(device)
-            if name == "_tracks":  # as the model reads them: from the mel in its own dtype
-                values = module.frame_tracks(new.to(self.vocoder.dtype))
-            else:
-                values = module.coefficients(new)
-            if kept is not None:
-                values = tuple(torch.cat([old, v], dim=1) for old, v in zip(kept, values, strict=True))
-            setattr(self, name, values)
+        model, dtype = self.vocoder.model, self.vocoder.dtype
+        if model.source is not None:  # as the model reads them: from the mel in its own dtype
+            self._tracks = self._extended(self._tracks, available, lambda m: model.source.frame_tracks(m.to(dtype)))
+        if model.lpc is not None:
+            self._lp = self._extended(self._lp, available, model.lpc.coefficients)
+
+    def _extended(self, kept, available: int, compute) -> tuple[torch.Tensor, ...]:
+        """Per-frame values ``kept`` (tensors ``(1, n, ...)`` of the buffer's first n frames, or
+        None) followed by ``compute``'s of the buffer's frames from n up to absolute frame
+        ``available``."""
+        done = 0 if kept is None else kept[0].shape[1]
+        if done >= available - self._offset:
+            return kept
+        values = compute(self._mel[None, :, done : available - self._offset].to(self.vocoder.device))
+        if kept is None:
+            return values
+        return tuple(torch.cat([old, new], dim=1) for old, new in zip(kept, values, strict=True))
 
     def stream(self, chunks: Iterable[MelLike]) -> Iterator[MelLike]:
         """Yield audio for an iterable of mel chunks, ending with the flush."""

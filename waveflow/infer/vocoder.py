@@ -377,14 +377,12 @@ class Vocoder:
     def latent(self, seed: int, start: int, steps: int, sigma: float) -> torch.Tensor:
         """z ``(n_group, steps)`` for group-steps ``start ..``, scaled by sigma, on the model's device."""
         z = positional_noise(seed, start, steps, self.model.cfg.n_group) * sigma
-        return z.to(self.device, self._dtype)
+        return z.to(self.device, self.dtype)
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype the model computes in: float16 for a half-precision vocoder, else float32."""
         return torch.float16 if self.half else torch.float32
-
-    _dtype = dtype
 
     def synthesize_window(
         self, mel: torch.Tensor, start_frame: int, seed: int, sigma: float, harmonic: float = 0.0
@@ -422,7 +420,7 @@ class Vocoder:
             raise ValueError(f"hop {hop} is not a multiple of n_group {n_group}")
         z = self.latent(seed, first, last - first, sigma)
         z = z.unsqueeze(0).expand(mel.shape[0], -1, -1)
-        return self.model.excitation(z, mel.to(self._dtype), phase0, harmonic=harmonic, tracks=tracks)[:, :length]
+        return self.model.excitation(z, mel.to(self.dtype), phase0, harmonic=harmonic, tracks=tracks)[:, :length]
 
     @property
     def sigma(self) -> float:

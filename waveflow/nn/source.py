@@ -127,9 +127,6 @@ class PulseSource(nn.Module):
     def advance(self, mel: torch.Tensor, phase0: torch.Tensor | float = 0.0) -> torch.Tensor:
         """The free phase ``(B,)`` after all of ``mel``'s frames (``hop`` samples each), starting
         at ``phase0``."""
-        if mel.shape[2] == 0:
-            start = torch.as_tensor(phase0, dtype=torch.float64, device=mel.device).reshape(-1)
-            return start.expand(mel.shape[0]).clone()
         return self.advance_periods(self.frame_tracks(mel)[0], phase0)
 
     def advance_periods(self, period: torch.Tensor, phase0: torch.Tensor | float = 0.0) -> torch.Tensor:
