@@ -75,26 +75,58 @@ def test_free_phase_runs_at_the_mel_period_and_resumes_from_a_carried_phase():
     dphi = torch.diff(torch.unwrap(phase[0]) if hasattr(torch, "unwrap") else torch.from_numpy(np.unwrap(phase[0])))
     torch.testing.assert_close(dphi[2560:2600], torch.full((40,), 2 * math.pi / float(period), dtype=torch.float64))
     # a window that starts at frame 7 with the phase carried over frames 0..6 continues exactly
-    carried = source.advance(mel[:, :, :7])
+    carried = source.advance(mel, frames=7)  # frame 7's period too: frame 6's last samples glide towards it
     rest = source.free_phase(mel[:, :, 7:], (frames - 7) * 256, carried)
     torch.testing.assert_close(torch.cos(rest), torch.cos(phase[:, 7 * 256 :]), atol=1e-9, rtol=0)
 
 
-def test_free_phase_is_the_carried_phase_plus_the_steps_before_each_sample():
-    """phi(n) = phase0 + sum_{m < n} 2 pi / P(m // hop), written out sample by sample: sample 0
-    is at phase0 itself (a window starts where the last one left off, not one step later)."""
-    source = PulseSource()
+def _glide(period: np.ndarray, n: int, centre0: int, hop: int = 256) -> float:
+    """Sample n's frequency (cycles per sample), written out: linear between the two frame
+    centres around it (frame f centred on centre0 + f * hop), held outside the first and last."""
+    pos = (n - centre0) / hop
+    if pos <= 0:
+        return 1.0 / period[0]
+    if pos >= len(period) - 1:
+        return 1.0 / period[-1]
+    f = math.floor(pos)
+    w = pos - f
+    return (1 - w) / period[f] + w / period[f + 1]
+
+
+@pytest.mark.parametrize("frame_offset", [128, 0])  # centred frames (default), hifigan's
+def test_free_phase_is_the_carried_phase_plus_the_gliding_steps_before_each_sample(frame_offset):
+    """phi(n) = phase0 + sum_{m < n} 2 pi f(m), f = 1 / P gliding from frame centre to frame centre,
+    written out sample by sample: sample 0 is at phase0 itself (a window starts where the last
+    one left off, not one step later)."""
+    source = PulseSource(frame_offset=frame_offset)
     mel = MelSpectrogram()(torch.cat([harmonic(140.0, 0.1), harmonic(190.0, 0.1)]))[None, :, :12]
     period = source.frame_tracks(mel)[0][0].numpy()
+    assert period.max() / period.min() > 1.2  # the pitch moves: a held period would differ
     length = 12 * 256
+    centre0 = 128 - frame_offset
     for phase0 in (0.0, 1.0):
         phase = source.free_phase(mel, length, phase0)[0].numpy()
         expected, acc = np.empty(length), phase0
         for n in range(length):
             expected[n] = acc % (2 * np.pi)
-            acc += 2 * np.pi / period[n // 256]
+            acc += 2 * np.pi * _glide(period, n, centre0)
         assert phase[0] == pytest.approx(phase0, abs=1e-12)
         np.testing.assert_allclose(np.cos(phase), np.cos(expected), atol=1e-9)
+        # a stream's carried phase: advancing over k frames lands on free_phase's sample k * hop
+        for k in (0, 1, 5, 11):
+            carried = float(source.advance_periods(torch.from_numpy(period)[None], phase0, k)[0])
+            assert math.cos(carried - phase[k * 256]) == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError, match="13 frames of a track of 12"):
+        source.advance_periods(torch.from_numpy(period)[None], 0.0, 13)
+
+
+def test_sample_frequencies_are_the_frame_frequencies_at_the_centres_and_glide_between():
+    source = PulseSource()
+    period = torch.tensor([[100.0, 200.0, 200.0]], dtype=torch.float64)
+    f = source.sample_frequencies(period, 3 * 256)[0]
+    expected = [0.01, 0.005, 0.005, 0.005, 0.0075]  # samples 0, 256, 512, 700 (held after the last), 128
+    assert [float(f[n]) for n in (0, 256, 512, 700, 128)] == pytest.approx(expected, rel=1e-12)
+    assert bool((torch.diff(f[:257]) < 0).all())
 
 
 def test_channels_are_silent_where_unvoiced_and_peak_at_the_pulses():

@@ -230,7 +230,7 @@ class StreamingVocoder:
             phase0, tracks = 0.0, None
             if source is not None:  # the phase at the window's start, from the phase at the buffer's start
                 period, voicing = self._tracks
-                phase0 = source.advance_periods(period[:, :first], self._phase)
+                phase0 = source.advance_periods(period, self._phase, first)
                 tracks = period[:, first:last], voicing[:, first:last]
             if lpc is None:
                 audio = self.vocoder.synthesize_window(mel, start, self.seed, self.sigma, self.harmonic)[0, lo:hi]
@@ -250,7 +250,7 @@ class StreamingVocoder:
         drop = max(0, self._emitted - self.lookback) - self._offset
         if drop > 0:
             if source is not None:
-                self._phase = source.advance_periods(self._tracks[0][:, :drop], self._phase).cpu()
+                self._phase = source.advance_periods(self._tracks[0], self._phase, drop).cpu()
             self._tracks = None if self._tracks is None else tuple(v[:, drop:] for v in self._tracks)
             self._lp = None if self._lp is None else tuple(v[:, drop:] for v in self._lp)
             self._mel = self._mel[:, drop:]

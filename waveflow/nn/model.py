@@ -242,6 +242,8 @@ class WaveGlow(nn.Module):
         composed = self._composed_conditioning(mel.shape[2], z.shape[2])
         if tracks is None and harmonic:
             tracks = self.source.frame_tracks(mel)  # read once, by the conditioning and the step
+        if harmonic and phase is None:  # the free phase, too
+            phase = self.source.free_phase(mel, z.shape[2] * cfg.n_group, phase0, tracks)
         cond = None
         if composed is None:
             cond = self.upsample_mel(mel, z.shape[2] * cfg.n_group, phase, phase0, tracks=tracks)

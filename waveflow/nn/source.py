@@ -22,7 +22,18 @@ The phase ``phi`` is where the two uses differ:
   from 0 to 2 pi between consecutive pulses (at the mel's period outside voiced runs). The
   likelihood is exact, and conditional on those pulse times;
 - synthesis (``free_phase``): ``phi`` runs free at the mel's period, ``phi(n) = phase0 +
-  sum_{m < n} 2 pi / P(m // hop)``; a stream carries ``phase0`` from chunk to chunk.
+  sum_{m < n} 2 pi f(m)``, the frequency ``f = 1 / P`` gliding from frame centre to frame
+  centre (``sample_frequencies``); a stream carries ``phase0`` from chunk to chunk.
+
+A frame's period is the pitch at the frame's centre, so between two centres the frequency
+glides linearly; before the first centre and after the last it holds. Holding each frame's
+period over the hop that starts at its centre (the first version) lags the pitch by half a
+hop and steps it at every frame boundary, which smears the harmonics wherever the voice
+glides. With the bundled model's defaults the glide raised DistillMOS / DNSMOS OVRL / PESQ-wb
+from 4.18 / 3.08 / 3.40 to 4.27 / 3.32 / 3.55 on the two clips it never trained on, from
+4.21 / 2.96 / 3.60 to 4.29 / 3.18 / 3.75 on 8 of its training clips, and from 4.21 / 2.86 /
+3.50 to 4.24 / 3.03 / 3.64 on clips resampled to a lower and a higher voice
+(docs/naturalness.md). Training's locked phase is unchanged.
 
 Pulse picking runs in numpy on the CPU (a few ms per training batch); synthesis is tensor
 code on any device.
@@ -110,31 +121,61 @@ class PulseSource(nn.Module):
         return sample_frames(0, length, frames, self.hop_length, self.frame_offset, device)
 
     # ------------------------------------------------------------------ phase
-    def free_phase(self, mel: torch.Tensor, length: int, phase0: torch.Tensor | float = 0.0) -> torch.Tensor:
+    def free_phase(
+        self,
+        mel: torch.Tensor,
+        length: int,
+        phase0: torch.Tensor | float = 0.0,
+        tracks: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Synthesis phase ``(B, length)`` float64 in [0, 2 pi) of the window's samples 0..length,
-        starting at ``phase0`` (a float or ``(B,)``): ``phase0 + sum_{m < n} 2 pi / P(m // hop)``."""
-        return self._free(self.frame_tracks(mel)[0], length, phase0)
+        starting at ``phase0`` (a float or ``(B,)``): ``phase0 + sum_{m < n} 2 pi f(m)``, the
+        frequency gliding between frame centres (``sample_frequencies``). ``tracks``:
+        ``frame_tracks(mel)`` when the caller has them already."""
+        return self._free((self.frame_tracks(mel) if tracks is None else tracks)[0], length, phase0)
+
+    def sample_frequencies(self, period: torch.Tensor, length: int) -> torch.Tensor:
+        """Per-frame periods ``(B, F)`` -> the frequency in cycles per sample ``(B, length)``
+        float64 of each of the window's samples 0..length: ``1 / P_f`` at frame f's centre,
+        sample ``frame0_centre + f * hop`` (0 for centred frames), linear between two centres,
+        held before the first and after the last."""
+        frames, hop, device = period.shape[1], self.hop_length, period.device
+        freq = 1.0 / period.double()
+        head = min(length, max(0, hop // 2 - self.frame_offset))  # samples before frame 0's centre
+        spans = -(-(length - head) // hop)  # from each centre to the next: hop samples
+        left = torch.arange(spans, device=device).clamp(max=frames - 1)
+        right = (left + 1).clamp(max=frames - 1)
+        weight = torch.arange(hop, dtype=torch.float64, device=device) / hop  # the same in every span
+        a, b = freq[:, left, None], freq[:, right, None]
+        glide = (a + (b - a) * weight).reshape(freq.shape[0], -1)[:, : length - head]
+        return torch.cat([freq[:, :1].expand(-1, head), glide], dim=1)
 
     def _free(self, period: torch.Tensor, length: int, phase0: torch.Tensor | float) -> torch.Tensor:
-        # sample n takes the period of frame n // hop, so that a stream can carry the phase past
-        # the frames it has already emitted alone (``advance``)
-        idx = sample_frames(0, length, period.shape[1], self.hop_length, 0, period.device)
-        step = 2 * math.pi / period[:, idx]
+        step = 2 * math.pi * self.sample_frequencies(period, length)
         phase = torch.cumsum(step, dim=1) - step
         start = torch.as_tensor(phase0, dtype=torch.float64, device=period.device).reshape(-1, 1)
         return torch.remainder(phase + start, 2 * math.pi)
 
-    def advance(self, mel: torch.Tensor, phase0: torch.Tensor | float = 0.0) -> torch.Tensor:
-        """The free phase ``(B,)`` after all of ``mel``'s frames (``hop`` samples each), starting
-        at ``phase0``."""
-        return self.advance_periods(self.frame_tracks(mel)[0], phase0)
+    def advance(self, mel: torch.Tensor, phase0: torch.Tensor | float = 0.0, frames: int | None = None) -> torch.Tensor:
+        """The free phase ``(B,)`` after ``frames`` of ``mel``'s frames (``hop`` samples each;
+        default all), starting at ``phase0``."""
+        return self.advance_periods(self.frame_tracks(mel)[0], phase0, frames)
 
-    def advance_periods(self, period: torch.Tensor, phase0: torch.Tensor | float = 0.0) -> torch.Tensor:
-        """``advance`` from the frames' periods ``(B, F)`` (``frame_tracks``' first track)."""
+    def advance_periods(
+        self, period: torch.Tensor, phase0: torch.Tensor | float = 0.0, frames: int | None = None
+    ) -> torch.Tensor:
+        """``advance`` from the frames' periods ``(B, F)`` (``frame_tracks``' first track). The
+        last of the ``frames`` glides towards the period of the frame after it, so a caller that
+        goes on past them (a stream) passes that frame too: the result is then the phase at which
+        ``free_phase`` of the frames from ``frames`` on starts."""
+        frames = period.shape[1] if frames is None else frames
+        if not 0 <= frames <= period.shape[1]:
+            raise ValueError(f"cannot advance over {frames} frames of a track of {period.shape[1]}")
         start = torch.as_tensor(phase0, dtype=torch.float64, device=period.device).reshape(-1)
-        if period.shape[1] == 0:
+        if frames == 0:
             return start.expand(period.shape[0]).clone()
-        return torch.remainder((2 * math.pi * self.hop_length / period).sum(dim=1) + start, 2 * math.pi)
+        cycles = self.sample_frequencies(period[:, : frames + 1], frames * self.hop_length).sum(dim=1)
+        return torch.remainder(2 * math.pi * cycles + start, 2 * math.pi)
 
     def locked_phase(self, residual: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         """Training phase ``(B, L)`` float64 from pulses picked in the LP residual ``(B, L)``."""
@@ -166,7 +207,7 @@ class PulseSource(nn.Module):
         length = residual.shape[1]
         if phase is None:
             phase = self._free(period, length, phase0)
-        # sample n takes frame n // hop's period, as _free does (clamped to the frames given)
+        # block n // hop takes frame n // hop's period for its count of harmonics (clamped to the frames given)
         runs = -(-length // self.hop_length)
         idx = torch.arange(runs, device=period.device).clamp(max=period.shape[1] - 1)
         v = voicing[:, self._frames(length, voicing.shape[1], voicing.device)]  # as the channels
