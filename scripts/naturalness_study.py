@@ -10,7 +10,9 @@ Systems, by copy synthesis of each clip (audio -> mel -> system -> audio):
 - ``pulse_mel``: no network: a pulse train plus noise with the mel's F0 and voicing
   (``MelPitch`` with the model's tracker), through the model's LP filter, post-filter and
   mel correction (``waveflow.dsp.pulsetrain``);
-- ``pulse_harvest``: the same with the recording's F0 and voicing (harvest on the recording).
+- ``pulse_harvest``: the same with the recording's F0 and voicing (harvest on the recording);
+- ``lp_residual``: the recording's own LP residual under the mel's LP filter, through the same
+  synthesis filter and post-processing: the ceiling of any excitation (``recorded_residual``).
 
 Measures: DistillMOS and DNSMOS P.835 OVRL/SIG/BAK (no reference; ``../shared/tools/mos.py``,
 run with ``--mos-python`` in a subprocess, skipped with a note when it cannot run), PESQ-wb
@@ -39,7 +41,7 @@ import torch
 
 from waveflow.dsp.audio import load_wav, save_wav
 from waveflow.dsp.pitch import TRACKERS
-from waveflow.dsp.pulsetrain import mel_tracks, pulse_noise_vocoder
+from waveflow.dsp.pulsetrain import excitation_vocoder, mel_tracks, pulse_noise_vocoder, recorded_residual
 from waveflow.infer.vocoder import load_vocoder
 from waveflow.train.evaluate import (
     HVR_BANDS,
@@ -64,6 +66,7 @@ SYSTEMS = {
     "flow_only": "the same, flow only (post-filter 0, mel correction 0)",
     "pulse_mel": "pulse train + noise, mel F0 and voicing ({tracker}; LP, post-filter, correction)",
     "pulse_harvest": "pulse train + noise, the recording's F0 and voicing (harvest)",
+    "lp_residual": "the recording's own LP residual (LP, post-filter, correction): the excitation's ceiling",
 }
 
 
@@ -83,6 +86,8 @@ def synthesize(
         out = voc(mel, seed=seed, postfilter=0.0, mel_correction=0)
     elif system == "pulse_mel":
         out = pulse_noise_vocoder(voc, mel, *mel_tracks(mel, cfg, tracker), seed=seed, tracker=tracker)
+    elif system == "lp_residual":
+        out = excitation_vocoder(voc, mel, recorded_residual(voc, audio, mel), tracker=tracker)
     else:
         out = pulse_noise_vocoder(voc, mel, f0, (f0 > 0).astype(np.float64), seed=seed, tracker=tracker)
     return out[: len(audio)]

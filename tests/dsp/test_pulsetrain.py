@@ -9,7 +9,13 @@ import torch
 from waveflow.config import MelConfig, make_config
 from waveflow.dsp.audio import load_wav
 from waveflow.dsp.limiter import soft_limit
-from waveflow.dsp.pulsetrain import mel_tracks, pulse_noise, pulse_noise_vocoder
+from waveflow.dsp.pulsetrain import (
+    excitation_vocoder,
+    mel_tracks,
+    pulse_noise,
+    pulse_noise_vocoder,
+    recorded_residual,
+)
 from waveflow.infer.vocoder import Vocoder
 from waveflow.nn.model import WaveGlow
 
@@ -84,3 +90,21 @@ def test_control_keeps_the_pitch_it_is_given_through_lp_and_post_processing(clip
         assert 0 <= mel_voicing.min() and mel_voicing.max() <= 1 and mel_voicing.max() > 0.5
     with pytest.raises(ValueError, match="linear prediction"):
         pulse_noise_vocoder(Vocoder(WaveGlow(make_config("tiny").model), make_config("tiny")), mel, f0, f0 > 0)
+
+
+def test_the_recorded_residual_gives_the_recording_back(clip):
+    """The ceiling control: the recording's LP residual under the mel's filter, through the
+    synthesis filter alone, is the recording (cut to the mel's frames); with post-processing it
+    stays close, and a residual of the wrong length is refused."""
+    audio = load_wav(clip)[: 40 * HOP + 100]
+    bare = lpc_vocoder(eval_postfilter=0.0, eval_mel_correction=0)
+    mel = bare.mel(audio)
+    e = recorded_residual(bare, audio, mel)
+    assert e.shape == (mel.shape[1] * HOP,) and 0.1 < np.sqrt(np.mean(e.astype(np.float64) ** 2)) < 10
+    back = excitation_vocoder(bare, mel, e, limit=False)
+    padded = np.pad(audio, (0, len(e) - len(audio)))
+    assert np.abs(back - padded).max() < 1e-4 * np.abs(audio).max()
+    post = excitation_vocoder(lpc_vocoder(eval_postfilter=0.5, eval_mel_correction=2), mel, e)
+    assert 0 < np.abs(post - padded).max() and np.abs(bare.mel(post[: len(audio)]) - mel).mean() < 0.1
+    with pytest.raises(ValueError, match=r"expected \(\d+,\): hop samples per frame"):
+        excitation_vocoder(bare, mel, e[:-1])

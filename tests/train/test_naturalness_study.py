@@ -18,7 +18,7 @@ from waveflow.nn.checkpoint import save_checkpoint
 from waveflow.nn.model import WaveGlow
 
 SCRIPT = REPO / "scripts" / "naturalness_study.py"
-SYSTEMS = ["recordings", "griffin_lim", "waveflow", "flow_only", "pulse_mel", "pulse_harvest"]
+SYSTEMS = ["recordings", "griffin_lim", "waveflow", "flow_only", "pulse_mel", "pulse_harvest", "lp_residual"]
 
 # Prints what ../shared/tools/mos.py prints: a header, then one row per argument in order,
 # the name cut to its last 32 characters; scores that say which folder they belong to.
@@ -92,6 +92,12 @@ def test_study_writes_one_folder_per_system_and_a_table(setup):
     # the control fed the recording's own pitch keeps it: harvest on its output finds it again
     assert summary["pulse_harvest"]["voiced_recall"] > 0.8 and summary["pulse_harvest"]["f0_median_cents"] < 15
     assert summary["pulse_harvest"]["f0_median_cents"] < summary["pulse_mel"]["f0_median_cents"] + 15
+    # the ceiling control, the recording's own LP residual, is closer to the recording than any
+    # other system (the post-processing alone stands between them)
+    ceiling = summary["lp_residual"]
+    assert ceiling["stoi"] > 0.9 and ceiling["f0_median_cents"] < 15
+    for other in ("griffin_lim", "waveflow", "pulse_mel", "pulse_harvest"):
+        assert ceiling["mel_l1"] < summary[other]["mel_l1"] and ceiling["pesq_wb"] > summary[other]["pesq_wb"], other
 
 
 def test_study_without_the_predictors_skips_the_mos_columns_with_a_note(setup, capsys):

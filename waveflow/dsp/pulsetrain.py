@@ -12,6 +12,11 @@ abruptly as F0 moves; K the sum of a_k squared), ``phi[n] = 2 pi sum_{m <= n} F0
 ``e`` has unit power, as the LP residual has (the LP gain carries the level), and goes through
 the same steps as the flow's residual: the LP synthesis filter, the harmonic post-filter, the
 mel correction and the soft limiter.
+
+``recorded_residual`` gives the other end: the recording's own LP residual under the filter
+that the mel gives, which ``excitation_vocoder`` turns back into (nearly) the recording. Through
+the same post-processing it is the ceiling of any excitation that this filter and chain could
+be given.
 """
 
 from __future__ import annotations
@@ -99,18 +104,52 @@ def pulse_noise_vocoder(
     """Audio ``(F * hop,)`` float32 from ``pulse_noise`` for a log-mel ``(n_mels, F)`` through the
     vocoder's own LP synthesis filter, then its post-filter and mel correction at the
     checkpoint's settings and the soft limiter (``limit``), as ``Vocoder`` runs them on the
-    flow's residual. ``tracker``: the pitch tracker the post-filter reads (default: the
-    model's own)."""
-    if voc.model.lpc is None:
-        raise ValueError("the pulse-train control needs a model with linear prediction (model.lpc_order > 0)")
+    flow's residual (``excitation_vocoder``). ``tracker``: the pitch tracker the post-filter
+    reads (default: the model's own)."""
     cfg = voc.config.mel
     length = mel.shape[-1] * cfg.hop_length
+    _check_lp(voc)
     e = pulse_noise(f0, voicing, length, cfg.sample_rate, cfg.hop_length, cfg.frame0_centre, seed)
+    return excitation_vocoder(voc, mel, e, tracker, limit)
+
+
+def recorded_residual(voc, audio: np.ndarray, mel: np.ndarray) -> np.ndarray:
+    """The LP residual ``(F * hop,)`` float32 of a recording ``audio`` under the filter that the
+    vocoder derives from its log-mel ``(n_mels, F)`` (``model.lpc``'s analysis; the audio cut or
+    zero-padded to the mel's frames): the excitation that gives the recording back through the
+    synthesis filter, so ``excitation_vocoder`` of it is the ceiling of any excitation."""
+    _check_lp(voc)
+    length = mel.shape[-1] * voc.config.mel.hop_length
+    x = np.zeros(length, dtype=np.float32)
+    x[: min(length, len(audio))] = audio[:length]
+    target = torch.from_numpy(np.asarray(mel, dtype=np.float32))[None]
+    with torch.no_grad():
+        return voc.model.lpc(torch.from_numpy(x)[None], target)[0][0].numpy()
+
+
+def excitation_vocoder(
+    voc, mel: np.ndarray, excitation: np.ndarray, tracker: str | None = None, limit: bool = True
+) -> np.ndarray:
+    """Audio ``(F * hop,)`` float32 from an LP residual ``excitation`` ``(F * hop,)`` (unit power,
+    as the flow's) and its log-mel ``(n_mels, F)``: the vocoder's LP synthesis filter, then the
+    checkpoint's post-processing as ``Vocoder`` runs it after the flow. ``tracker``: the pitch
+    tracker the post-filter reads (default: the model's own)."""
+    _check_lp(voc)
+    cfg = voc.config.mel
+    length = mel.shape[-1] * cfg.hop_length
+    if np.shape(excitation) != (length,):
+        raise ValueError(f"excitation has shape {np.shape(excitation)}; expected ({length},): hop samples per frame")
     stages = voc.chain(limit=limit).stages  # the checkpoint's post-processing, as Vocoder plays it
     if tracker is not None and tracker != voc.config.model.pitch_tracker:  # the post-filter reads this one
         postfilter = HarmonicPostfilter.for_mel(cfg, tracker)
         stages = [PostfilterStage(postfilter, s.strength) if isinstance(s, PostfilterStage) else s for s in stages]
     target = torch.from_numpy(np.asarray(mel, dtype=np.float32))[None]
+    e = torch.from_numpy(np.asarray(excitation, dtype=np.float32))[None]
     with torch.no_grad():
-        audio = Chain(stages)(voc.model.lpc.inverse(torch.from_numpy(e)[None], target), target)
+        audio = Chain(stages)(voc.model.lpc.inverse(e, target), target)
     return audio[0].numpy()
+
+
+def _check_lp(voc) -> None:
+    if voc.model.lpc is None:
+        raise ValueError("the excitation controls need a model with linear prediction (model.lpc_order > 0)")
