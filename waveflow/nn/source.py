@@ -30,9 +30,9 @@ glides linearly; before the first centre and after the last it holds. Holding ea
 period over the hop that starts at its centre (the first version) lags the pitch by half a
 hop and steps it at every frame boundary, which smears the harmonics wherever the voice
 glides. With the bundled model's defaults the glide raised DistillMOS / DNSMOS OVRL / PESQ-wb
-from 4.18 / 3.08 / 3.40 to 4.27 / 3.32 / 3.55 on the two clips it never trained on, from
-4.21 / 2.96 / 3.60 to 4.29 / 3.18 / 3.75 on 8 of its training clips, and from 4.21 / 2.86 /
-3.50 to 4.24 / 3.03 / 3.64 on clips resampled to a lower and a higher voice
+from 4.18 / 3.06 / 3.40 to 4.28 / 3.27 / 3.62 on the two clips it never trained on, from
+4.21 / 3.00 / 3.60 to 4.26 / 3.19 / 3.80 on 8 of its training clips, and from 4.20 / 2.83 /
+3.50 to 4.22 / 3.07 / 3.69 on clips resampled to a lower and a higher voice
 (docs/naturalness.md). Training's locked phase is unchanged.
 
 Pulse picking runs in numpy on the CPU (a few ms per training batch); synthesis is tensor
