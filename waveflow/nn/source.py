@@ -141,7 +141,7 @@ class PulseSource(nn.Module):
         held before the first and after the last."""
         frames, hop, device = period.shape[1], self.hop_length, period.device
         freq = 1.0 / period.double()
-        head = min(length, max(0, hop // 2 - self.frame_offset))  # samples before frame 0's centre
+        head = self._head(length)
         spans = -(-(length - head) // hop)  # from each centre to the next: hop samples
         left = torch.arange(spans, device=device).clamp(max=frames - 1)
         right = (left + 1).clamp(max=frames - 1)
@@ -149,6 +149,11 @@ class PulseSource(nn.Module):
         a, b = freq[:, left, None], freq[:, right, None]
         glide = (a + (b - a) * weight).reshape(freq.shape[0], -1)[:, : length - head]
         return torch.cat([freq[:, :1].expand(-1, head), glide], dim=1)
+
+    def _head(self, length: int) -> int:
+        """The samples of a window of ``length`` before its first frame's centre: 0 for centred
+        frames, ``hop / 2`` for frames that start at their first sample (hifigan's)."""
+        return min(length, max(0, self.hop_length // 2 - self.frame_offset))
 
     def _free(self, period: torch.Tensor, length: int, phase0: torch.Tensor | float) -> torch.Tensor:
         step = 2 * math.pi * self.sample_frequencies(period, length)
@@ -164,17 +169,23 @@ class PulseSource(nn.Module):
     def advance_periods(
         self, period: torch.Tensor, phase0: torch.Tensor | float = 0.0, frames: int | None = None
     ) -> torch.Tensor:
-        """``advance`` from the frames' periods ``(B, F)`` (``frame_tracks``' first track). The
-        last of the ``frames`` glides towards the period of the frame after it, so a caller that
-        goes on past them (a stream) passes that frame too: the result is then the phase at which
-        ``free_phase`` of the frames from ``frames`` on starts."""
+        """``advance`` from the frames' periods ``(B, F)`` (``frame_tracks``' first track): the
+        phase at which ``free_phase`` of the frames from ``frames`` on starts, so that it goes on
+        exactly as the phase of the whole track from that frame's centre on (the samples of a
+        window before its first centre, where it cannot glide from the frame before, hold).
+        The last of the ``frames`` glides towards the period of the frame after it, so a caller
+        that goes on past them (a stream) passes that frame too."""
         frames = period.shape[1] if frames is None else frames
         if not 0 <= frames <= period.shape[1]:
             raise ValueError(f"cannot advance over {frames} frames of a track of {period.shape[1]}")
         start = torch.as_tensor(phase0, dtype=torch.float64, device=period.device).reshape(-1)
         if frames == 0:
             return start.expand(period.shape[0]).clone()
-        cycles = self.sample_frequencies(period[:, : frames + 1], frames * self.hop_length).sum(dim=1)
+        # the whole track's cycles up to frame `frames`' centre, less the held ones a window
+        # that starts at that frame counts before its centre
+        head = self._head(frames * self.hop_length)
+        cycles = self.sample_frequencies(period[:, : frames + 1], frames * self.hop_length + head).sum(dim=1)
+        cycles = cycles - head / period[:, min(frames, period.shape[1] - 1)].double()
         return torch.remainder(2 * math.pi * cycles + start, 2 * math.pi)
 
     def locked_phase(self, residual: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
