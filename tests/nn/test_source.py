@@ -232,3 +232,19 @@ def test_warm_start_grows_the_conditioning_and_starts_where_the_old_model_ended(
         torch.testing.assert_close(new(audio, mel)[0], old(audio, mel)[0], rtol=0, atol=0)
     with pytest.raises(CheckpointError, match="only conditioning inputs"):
         warm_start(WaveGlow(model_preset("tiny", lpc_order=8, n_channels=16)), old.state_dict())
+
+
+@pytest.mark.parametrize("frame_offset", [128, 0])
+def test_sample_frequencies_traced_for_export_equal_the_span_form(monkeypatch, frame_offset):
+    """Export traces a per-sample form (its sizes stay variables); it is the same function."""
+    import waveflow.nn.source as source_module
+
+    source = PulseSource(frame_offset=frame_offset)
+    period = torch.tensor([[100.0, 180.0, 120.0, 150.0]], dtype=torch.float64)
+    for length in (1, 100, 3 * 256, 3 * 256 + 50, 6 * 256):
+        spans = source.sample_frequencies(period, length)
+        with monkeypatch.context() as m:
+            m.setattr(source_module, "exporting", lambda: True)
+            traced = source.sample_frequencies(period, length)
+        assert spans.shape == traced.shape == (1, length)
+        torch.testing.assert_close(spans, traced, rtol=1e-12, atol=1e-15)

@@ -187,7 +187,7 @@ def levinson(r: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     Batched over every leading axis; minimum phase for a positive-definite ``r``.
     """
-    if _exporting() or (torch.is_grad_enabled() and r.requires_grad):
+    if exporting() or (torch.is_grad_enabled() and r.requires_grad):
         return _levinson_functional(r, order)
     # In place: a third fewer ops per step than building a new ``a`` each step, which is most
     # of its cost for the few hundred frames of a clip. (A numpy loop was 0.16 ms faster for
@@ -223,7 +223,7 @@ def _matvec(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.einsum("...ij,...j->...i", m, v)
 
 
-def _exporting() -> bool:
+def exporting() -> bool:
     """Tracing for TorchScript or ONNX: take the gather forms, which both export."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
@@ -270,7 +270,7 @@ def _state_windows(a: torch.Tensor) -> torch.Tensor:
     Reversed, it is a plain view (windows of the padded coefficients)."""
     p = a.shape[-1] - 1
     zp = F.pad(-a[..., 1:].flip(-1), (p - 1, 0))  # [0 x (p - 1), -a_p .. -a_1]
-    if not _exporting():
+    if not exporting():
         return zp.unfold(-1, p, 1)
     i = torch.arange(p, device=a.device)[:, None]
     return zp[..., i + torch.arange(p, device=a.device)[None, :]]  # a gather: ONNX cannot export this unfold
@@ -284,7 +284,7 @@ def _toeplitz_windows(h: torch.Tensor) -> torch.Tensor:
     """
     sub = h.shape[-1]
     padded = F.pad(h, (sub - 1, 0))
-    if not _exporting():
+    if not exporting():
         return padded.unfold(-1, sub, 1)
     i = torch.arange(sub, device=h.device)
     return padded[..., i[:, None] + i[None, :]]  # a gather: ONNX cannot export this unfold
@@ -335,7 +335,7 @@ def _affine_scan(m: torch.Tensor, c: torch.Tensor, levels: int | None = None) ->
     right member comes from the state entering the pair. Row vectors, ``s_b^T = s_{b-1}^T m_b^T
     + c_b^T``, keep every strided slice one BLAS can read.
     """
-    if levels is not None or _exporting():
+    if levels is not None or exporting():
         return _fixed_depth_scan(m, c, levels)
     batch, n, p = c.shape
     mt, ct = m.transpose(-1, -2), c.unsqueeze(-2)  # (B, N, p, p), (B, N, 1, p)

@@ -51,6 +51,7 @@ from waveflow.config import MelConfig
 from waveflow.dsp.audio import sample_frames
 from waveflow.dsp.harmonic import harmonic_excitation
 from waveflow.dsp.pitch import MelPitch, period_voicing
+from waveflow.nn.lpc import exporting
 
 CHANNELS = 3  # bump, cos, sin
 BUMP = 30.0  # sharpness of the pulse channel
@@ -141,6 +142,14 @@ class PulseSource(nn.Module):
         held before the first and after the last."""
         frames, hop, device = period.shape[1], self.hop_length, period.device
         freq = 1.0 / period.double()
+        if exporting():  # per sample, in ops that trace with the window's length as a variable
+            pos = (torch.arange(length, dtype=torch.float64, device=device) - (hop // 2 - self.frame_offset)) / hop
+            left = torch.floor(pos).clamp(0, frames - 1)
+            weight = (pos - left).clamp(0.0, 1.0)
+            left = left.long()
+            right = (left + 1).clamp(max=frames - 1)
+            return torch.lerp(freq[:, left], freq[:, right], weight)
+        # per span from one centre to the next (the same weights in every span): a third of the cost
         head = self._head(length)
         spans = -(-(length - head) // hop)  # from each centre to the next: hop samples
         left = torch.arange(spans, device=device).clamp(max=frames - 1)
