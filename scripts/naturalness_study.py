@@ -49,7 +49,7 @@ from waveflow.train.evaluate import (
     clip_pitch,
     griffin_lim,
     harmonic_valley_db,
-    harvest_f0,
+    harvest_at_frames,
     pitch_available,
     quality,
 )
@@ -217,7 +217,7 @@ def study(args: argparse.Namespace) -> int:
         seconds += len(audio) / voc.sample_rate
         mel = voc.mel(audio)
         cfg = voc.config.mel
-        ref = harvest_f0(audio.astype(np.float32), cfg.sample_rate, cfg.hop_length, mel.shape[-1], cfg.frame0_centre)
+        ref = harvest_at_frames(audio.astype(np.float32), cfg, mel.shape[-1])
         outputs = {name: synthesize(voc, audio, mel, name, args.seed, tracker, ref) for name in folders}
         scored = {k: v for k, v in outputs.items() if k != "recordings"}
         pitch = clip_pitch(audio, mel, cfg, scored, TRACKERS, reference_f0=ref)

@@ -108,7 +108,6 @@ def pulse_noise_vocoder(
     reads (default: the model's own)."""
     cfg = voc.config.mel
     length = mel.shape[-1] * cfg.hop_length
-    _check_lp(voc)
     e = pulse_noise(f0, voicing, length, cfg.sample_rate, cfg.hop_length, cfg.frame0_centre, seed)
     return excitation_vocoder(voc, mel, e, tracker, limit)
 

@@ -143,7 +143,7 @@ class PulseSource(nn.Module):
         frames, hop, device = period.shape[1], self.hop_length, period.device
         freq = 1.0 / period.double()
         if exporting():  # per sample, in ops that trace with the window's length as a variable
-            pos = (torch.arange(length, dtype=torch.float64, device=device) - (hop // 2 - self.frame_offset)) / hop
+            pos = (torch.arange(length, dtype=torch.float64, device=device) - self.frame0_centre) / hop
             left = torch.floor(pos).clamp(0, frames - 1)
             weight = (pos - left).clamp(0.0, 1.0)
             left = left.long()
@@ -159,10 +159,15 @@ class PulseSource(nn.Module):
         glide = (a + (b - a) * weight).reshape(freq.shape[0], -1)[:, : length - head]
         return torch.cat([freq[:, :1].expand(-1, head), glide], dim=1)
 
+    @property
+    def frame0_centre(self) -> int:
+        """The sample of a window on which its first frame is centred (``MelConfig.frame0_centre``):
+        0 for centred frames, ``hop / 2`` for frames that start at their first sample (hifigan's)."""
+        return self.hop_length // 2 - self.frame_offset
+
     def _head(self, length: int) -> int:
-        """The samples of a window of ``length`` before its first frame's centre: 0 for centred
-        frames, ``hop / 2`` for frames that start at their first sample (hifigan's)."""
-        return min(length, max(0, self.hop_length // 2 - self.frame_offset))
+        """The samples of a window of ``length`` before its first frame's centre."""
+        return min(length, max(0, self.frame0_centre))
 
     def _free(self, period: torch.Tensor, length: int, phase0: torch.Tensor | float) -> torch.Tensor:
         step = 2 * math.pi * self.sample_frequencies(period, length)

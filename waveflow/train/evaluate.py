@@ -153,6 +153,12 @@ def harvest_f0(
     return out
 
 
+def harvest_at_frames(audio: np.ndarray, mel_cfg, frames: int) -> np.ndarray:
+    """``harvest_f0`` of ``audio`` at the centres of ``frames`` mel frames of ``mel_cfg``'s
+    convention (frame 0 on sample ``mel_cfg.frame0_centre``)."""
+    return harvest_f0(audio, mel_cfg.sample_rate, mel_cfg.hop_length, frames, mel_cfg.frame0_centre)
+
+
 def mel_f0(mel: np.ndarray, mel_cfg, tracker: str = "comb") -> np.ndarray:
     """The mel-derived pitch track ``(F,)`` float64 of a log-mel ``(n_mels, F)``: F0 in Hz from
     ``MelPitch``'s period (with ``tracker``) where its voicing exceeds ``MEL_VOICED``, else 0."""
@@ -281,9 +287,9 @@ def clip_pitch(
     """Pitch figures of one clip: each of ``outputs`` (system -> audio, scored as written) and
     the mel-derived track of each of ``trackers`` (``"mel_<tracker>"``), against harvest on
     the reference ``audio``; ``"harvest_window"``, harvest's own track through ``window_f0``,
-    is the floor of the mel-derived rows. ``reference_f0``: harvest on ``audio`` at the mel's
-    frames (``harvest_f0`` from ``mel_cfg.frame0_centre``), when the caller has it already."""
-    track = lambda x: harvest_f0(x, mel_cfg.sample_rate, mel_cfg.hop_length, mel.shape[-1], mel_cfg.frame0_centre)
+    is the floor of the mel-derived rows. ``reference_f0``: ``harvest_at_frames`` of ``audio``,
+    when the caller has it already."""
+    track = lambda x: harvest_at_frames(x, mel_cfg, mel.shape[-1])
     ref = track(audio.astype(np.float32)) if reference_f0 is None else reference_f0
     result = {name: pitch_agreement(ref, track(_as_written(out[: len(audio)]))) for name, out in outputs.items()}
     for tracker in trackers:
