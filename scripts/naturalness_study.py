@@ -50,6 +50,7 @@ from waveflow.train.evaluate import (
     griffin_lim,
     harmonic_valley_db,
     harvest_at_frames,
+    peak_figures,
     pitch_available,
     quality,
 )
@@ -142,6 +143,28 @@ def format_hvr_table(summary: dict[str, dict[str, float]], names: dict[str, str]
     return "\n".join(lines)
 
 
+def format_peak_table(per_clip: dict[str, list[dict]], names: dict[str, str]) -> str:
+    """Each system's peak against the recording's (``peak_figures``: dB, per clip) and its
+    frames' crest factors beside the recording's (``crest_db``; percentiles per clip, then the
+    mean over clips)."""
+    lines = [
+        "| system | peak over the recording's (dB): median / max | clips over +1 dB "
+        "| crest factor p50 / p99 (dB) | the recording's p50 / p99 |",
+        "|---|---|---|---|---|",
+    ]
+    for system, rows in per_clip.items():
+        if not rows or "peak_over_ref_db" not in rows[0]:
+            continue
+        over = np.array([r["peak_over_ref_db"] for r in rows])
+        crest = " / ".join(f"{mean_of(rows, f'crest_p{q}_out_db'):.1f}" for q in (50, 99))
+        ref = " / ".join(f"{mean_of(rows, f'crest_p{q}_ref_db'):.1f}" for q in (50, 99))
+        lines.append(
+            f"| {names[system]} | {np.median(over):+.2f} / {over.max():+.2f} | {int((over > 1).sum())} of {len(over)} "
+            f"| {crest} | {ref} |"
+        )
+    return "\n".join(lines)
+
+
 def format_table(summary: dict[str, dict[str, float]], names: dict[str, str]) -> str:
     columns = [
         ("DistillMOS", "distillmos", 2),
@@ -226,7 +249,7 @@ def study(args: argparse.Namespace) -> int:
             hvr = harmonic_valley_db(x[: len(audio)], ref, cfg.sample_rate, cfg.hop_length, cfg.frame0_centre)
             row = {"clip": path.stem, **{hvr_key(band): float(v) for band, v in zip(HVR_BANDS, hvr, strict=True)}}
             if name != "recordings":
-                row |= quality(audio, x, voc.sample_rate, voc.mel) | pitch[name]
+                row |= quality(audio, x, voc.sample_rate, voc.mel) | pitch[name] | peak_figures(audio, x)
             per_clip[name].append(row)
         for name in tracks:
             per_clip[name].append({"clip": path.stem, **pitch[name]})
@@ -251,6 +274,9 @@ def study(args: argparse.Namespace) -> int:
     if folders:
         print()
         print(format_hvr_table({name: summary[name] for name in folders}, names))
+        if any(name != "recordings" for name in folders):
+            print()
+            print(format_peak_table({name: per_clip[name] for name in folders}, names))
     if note:
         print(note)
     if args.json:

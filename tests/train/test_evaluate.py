@@ -270,3 +270,31 @@ def test_mel_track_of_a_sawtooth_agrees_with_harvest(tracker):
     mel = voc.mel(saw)
     got = pitch_agreement(harvest_f0(saw, 22050, 256), mel_f0(mel, MelConfig(), tracker))
     assert got["voiced_recall"] > 0.9 and got["f0_median_cents"] < 5, got
+
+
+def test_crest_factor_and_peak_figures_against_closed_forms():
+    from waveflow.train.evaluate import CREST_FRAME, crest_db, peak_figures
+
+    n = np.arange(8 * CREST_FRAME)
+    sine = np.sin(2 * np.pi * n / 64)  # whole periods per frame: peak 1, rms 1/sqrt(2)
+    np.testing.assert_allclose(crest_db(sine), 10 * np.log10(2), atol=1e-9)
+    square = np.sign(np.sin(2 * np.pi * (n + 0.5) / 64))
+    np.testing.assert_allclose(crest_db(square), 0.0, atol=1e-9)
+    # one frame per run; a click in frame 3 raises that frame's crest only, by a known amount
+    clicked = square.copy()
+    clicked[3 * CREST_FRAME + 10] = 4.0
+    crest = crest_db(clicked)
+    rms = np.sqrt((CREST_FRAME - 1 + 16) / CREST_FRAME)
+    assert crest[3] == pytest.approx(20 * np.log10(4 / rms)) and np.allclose(np.delete(crest, 3), 0.0)
+    # frames far below the loudest are left out; a last partial frame is too
+    quiet = np.concatenate([sine, 0.01 * sine[: 2 * CREST_FRAME], sine[:100]])
+    assert len(crest_db(quiet)) == 8 and len(crest_db(quiet, floor_db=-60)) == 10
+    assert len(crest_db(sine[:100])) == 0 and len(crest_db(np.zeros(4 * CREST_FRAME))) == 0
+    # the output's peak against the reference's, in dB, over the reference's length
+    figures = peak_figures(sine, np.concatenate([2 * sine, [100.0]]))
+    assert figures["peak_over_ref_db"] == pytest.approx(20 * np.log10(2))
+    assert figures["crest_p50_ref_db"] == pytest.approx(10 * np.log10(2))
+    assert figures["crest_p99_out_db"] == pytest.approx(10 * np.log10(2))
+    assert peak_figures(sine, clicked)["crest_p99_out_db"] > 6
+    with pytest.raises(ValueError, match="not silent"):
+        peak_figures(sine, np.zeros_like(sine))

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -98,6 +99,24 @@ def test_study_writes_one_folder_per_system_and_a_table(setup):
     assert ceiling["stoi"] > 0.9 and ceiling["f0_median_cents"] < 15
     for other in ("griffin_lim", "waveflow", "pulse_mel", "pulse_harvest"):
         assert ceiling["mel_l1"] < summary[other]["mel_l1"] and ceiling["pesq_wb"] > summary[other]["pesq_wb"], other
+    # the peak table: a row per synthesized system; its figures are the wav's against the clip's
+    peaks = table_rows(done.stdout, 2)
+    assert len(peaks) == 2 + len(SYSTEMS) - 1 and "the recordings" not in peaks
+    per_clip = json.loads((setup / "s.json").read_text())["per_clip"]
+    for system in ("waveflow", "lp_residual"):
+        for row in per_clip[system]:
+            ref = load_wav(setup / f"{row['clip']}.wav")
+            wav = load_wav(out / system / f"{row['clip']}.wav")
+            want = 20 * np.log10(np.abs(wav).max() / np.abs(ref).max())
+            assert row["peak_over_ref_db"] == pytest.approx(want, abs=0.01), (system, row["clip"])
+    over = [r["peak_over_ref_db"] for r in per_clip["waveflow"]]
+    median, top = (float(v) for v in peaks["waveflow, tiny.pt, defaults"][0].split(" / "))
+    assert median == pytest.approx(np.median(over), abs=0.006) and top == pytest.approx(max(over), abs=0.006)
+    assert peaks["waveflow, tiny.pt, defaults"][1] == f"{sum(v > 1 for v in over)} of 2"
+    # the ceiling control's crest factors follow the recording's
+    ceiling_row = peaks["the recording's own LP residual (LP, post-filter, correction): the excitation's ceiling"]
+    ceiling_crest, ref_crest = ([float(v) for v in cell.split(" / ")] for cell in ceiling_row[2:4])
+    assert abs(ceiling_crest[0] - ref_crest[0]) < 1.5, (ceiling_crest, ref_crest)
 
 
 def test_study_without_the_predictors_skips_the_mos_columns_with_a_note(setup, capsys):
