@@ -112,13 +112,20 @@ def bad_mels(tmp_path):
     np.save(tmp_path / "nan.npy", np.full((80, 5), np.nan, np.float32))
     np.save(tmp_path / "empty.npy", np.zeros((80, 0), np.float32))
     (tmp_path / "garbage.npy").write_bytes(b"not a numpy file at all")
+    (tmp_path / "zero_bytes.npy").write_bytes(b"")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "cut.npy", np.zeros((80, 50), np.float32))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:200])
     torch.save({"not": "a tensor"}, tmp_path / "dict.pt")
     return {
         "missing.npy": "no such mel file",
         "time_major.npy": "transpose",
         "nan.npy": "NaN or Inf",
         "empty.npy": "zero frames",
-        "garbage.npy": "cannot read mel",
+        "garbage.npy": "not a .npy file (23 bytes without the NumPy header)",
+        "zero_bytes.npy": "not a .npy file (an empty file)",
+        "objects.npy": "holds Python objects (dtype object), which are never loaded",
+        "cut.npy": "cannot read mel",
         "dict.pt": "expected an array",
     }
 

@@ -38,6 +38,8 @@ def load_mel_file(path: str | Path) -> np.ndarray:
         raise SynthesisError(f"{path}: no such mel file")
     if path.suffix not in MEL_SUFFIXES:
         raise SynthesisError(f"{path}: unknown mel file type {path.suffix!r}; expected .npy or .pt")
+    if path.suffix == ".npy":
+        _check_npy_header(path)
     try:
         if path.suffix == ".npy":
             data = np.load(path, allow_pickle=False)
@@ -51,6 +53,34 @@ def load_mel_file(path: str | Path) -> np.ndarray:
     if not isinstance(data, np.ndarray):
         raise SynthesisError(f"{path}: holds a {type(data).__name__}, expected an array (n_mels, frames)")
     return data
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _check_npy_header(path: Path) -> None:
+    """One line saying what a ``.npy`` file is not, before numpy reads it: numpy falls back to
+    unpickling a file without the NumPy header and then blames pickling, and it refuses an
+    object array in words about pickles too."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+            header = None
+            if head == NPY_MAGIC:
+                f.seek(0)
+                version = np.lib.format.read_magic(f)
+                read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                header = read[version](f) if version in read else None
+    except OSError as exc:
+        raise SynthesisError(f"{path}: cannot read mel ({exc.strerror or exc})") from None
+    except ValueError:  # a NumPy header numpy's own reader will judge (and word) below
+        header = None
+    if not head.startswith(NPY_MAGIC):
+        what = "an empty file" if not head else f"{path.stat().st_size} bytes without the NumPy header"
+        raise SynthesisError(f"{path}: not a .npy file ({what}); expected a numpy array saved with np.save")
+    if header is not None and header[2].hasobject:
+        objects = f"holds Python objects (dtype {header[2]}), which are never loaded"
+        raise SynthesisError(f"{path}: {objects}; expected a float array")
 
 
 def _dense_real(tensor: torch.Tensor, path: Path) -> torch.Tensor:
