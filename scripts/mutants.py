@@ -356,6 +356,19 @@ MUTANTS: list[Mutant] = [
       "weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]",
       "weights *= (1.0 / (edges[2:] - edges[:-2]))[:, None]",
       "tests/dsp/test_audio_convention.py"),
+    # ------------------------------------------------------------------ measures and mel files
+    m("crest_keeps_the_quiet_frames", "evaluate.py",
+      "keep = rms >= rms.max() * 10 ** (floor_db / 20)",
+      "keep = rms >= 0",
+      "tests/train/test_evaluate.py", "-k", "crest"),
+    m("peak_measured_over_the_whole_output", "evaluate.py",
+      "out = np.asarray(output, dtype=np.float64)[: len(ref)]",
+      "out = np.asarray(output, dtype=np.float64)",
+      "tests/train/test_evaluate.py", "-k", "crest"),
+    m("object_npy_left_to_numpy", "synthesize.py",
+      "if header is not None and header[2].hasobject:",
+      "if header is not None and False:",
+      "tests/cli/test_synthesize_cli.py", "-k", "bad_mel"),
 ]  # fmt: skip
 
 
