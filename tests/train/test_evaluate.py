@@ -296,5 +296,7 @@ def test_crest_factor_and_peak_figures_against_closed_forms():
     assert figures["crest_p50_ref_db"] == pytest.approx(10 * np.log10(2))
     assert figures["crest_p99_out_db"] == pytest.approx(10 * np.log10(2))
     assert peak_figures(sine, clicked)["crest_p99_out_db"] > 6
-    with pytest.raises(ValueError, match="not silent"):
-        peak_figures(sine, np.zeros_like(sine))
+    silent = peak_figures(sine, np.zeros_like(sine))
+    assert silent["peak_over_ref_db"] == -np.inf and np.isnan(silent["crest_p50_out_db"])
+    with pytest.raises(ValueError, match="reference that is not silent"):
+        peak_figures(np.zeros_like(sine), sine)

@@ -297,12 +297,14 @@ def crest_db(audio: np.ndarray, frame: int = CREST_FRAME, floor_db: float = CRES
 def peak_figures(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
     """The output's peak against the reference's (``peak_over_ref_db``: 20 log10 of the ratio of
     the largest absolute samples; positive: the output peaks higher) and the 50th and 99th
-    percentiles of both crest factors (``crest_db``) over the reference's length."""
+    percentiles of both crest factors (``crest_db``) over the reference's length. A silent output
+    peaks at -inf dB and has no crest factors (NaN); a silent reference is a ValueError."""
     ref = np.asarray(reference, dtype=np.float64)
     out = np.asarray(output, dtype=np.float64)[: len(ref)]
-    if not (np.abs(ref).max(initial=0.0) > 0 and np.abs(out).max(initial=0.0) > 0):
-        raise ValueError("peak figures need a reference and an output that are not silent")
-    figures = {"peak_over_ref_db": float(20 * np.log10(np.abs(out).max() / np.abs(ref).max()))}
+    ref_peak, out_peak = np.abs(ref).max(initial=0.0), np.abs(out).max(initial=0.0)
+    if not ref_peak > 0:
+        raise ValueError("peak figures need a reference that is not silent")
+    figures = {"peak_over_ref_db": float(20 * np.log10(out_peak / ref_peak)) if out_peak > 0 else -math.inf}
     for name, x in (("ref", ref), ("out", out)):
         crest = crest_db(x)
         for q in (50, 99):
