@@ -17,6 +17,7 @@ from test_vocoder import tiny_setup, tiny_vocoder, write_tiny_checkpoint
 from waveflow.cli import main
 from waveflow.config import MelConfig
 from waveflow.dsp.audio import load_wav
+from waveflow.infer.vocoder import load_vocoder
 from waveflow.nn.loss import flow_nll
 from waveflow.train.evaluate import griffin_lim, mel_l1, nll, quality
 
@@ -89,6 +90,16 @@ def test_evaluate_cli_writes_table_and_json(tmp_path, speech):
     assert np.isfinite(data["summary"]["waveflow"]["nll_nats"])
     # the untrained tiny model must not beat Griffin-Lim on mel-L1: the figures mean something
     assert data["summary"]["waveflow"]["mel_l1"] > data["summary"]["griffin_lim"]["mel_l1"]
+    # the peak column: the output's peak over the clip's, as the clip's wav and the output give it
+    clip = load_wav(tmp_path / "data" / "wavs" / "a_clip.wav")
+    for system in ("waveflow", "griffin_lim"):
+        peak = data["summary"][system]["peak_over_ref_db_max"]
+        assert peak == data["clips"][0][system]["peak_over_ref_db"]  # one clip: its own figure
+        assert f"| {peak:+.2f} |" in result.stdout
+    voc = load_vocoder(str(tmp_path / "tiny.pt"))
+    out = voc(voc.mel(clip), seed=0)  # evaluate's default seed and the checkpoint's settings
+    want = 20 * np.log10(np.abs(out[: len(clip)]).max() / np.abs(clip).max())
+    assert data["summary"]["waveflow"]["peak_over_ref_db_max"] == pytest.approx(want, abs=1e-3)
     if importlib.util.find_spec("pyworld") is not None:  # the eval extra's pitch measures
         for row in ("waveflow output (harvest)", "Griffin-Lim (60 it.) output (harvest)", "mel-derived track, comb"):
             assert f"| {row}" in result.stdout, result.stdout

@@ -312,6 +312,10 @@ def peak_figures(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
     return figures
 
 
+def _peak(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
+    return {"peak_over_ref_db": peak_figures(reference, output)["peak_over_ref_db"]}
+
+
 def _as_written(audio: np.ndarray) -> np.ndarray:
     """The audio as a 16-bit wav holds it (``save_wav`` clips to [-1, 1))."""
     return np.clip(audio.astype(np.float32), -1.0, 32767.0 / 32768.0)
@@ -457,12 +461,12 @@ def evaluate(
         options = dict(postfilter=postfilter, mel_correction=mel_correction, limit=limit, harmonic=harmonic)
         out = voc(mel, sigma=sigma, seed=seed, **options)
         row["synthesis_s"] = time.perf_counter() - t0
-        row["waveflow"] = quality(audio, out, voc.sample_rate, voc.mel)
+        row["waveflow"] = quality(audio, out, voc.sample_rate, voc.mel) | _peak(audio, out)
         row["waveflow"]["nll_nats"], row["waveflow"]["nll_bits"] = nll(voc, audio, mel)
         outputs = {"waveflow": out}
         if griffin:
             gl = outputs["griffin_lim"] = griffin_lim(mel, voc.config.mel, len(audio))
-            row["griffin_lim"] = quality(audio, gl, voc.sample_rate, voc.mel)
+            row["griffin_lim"] = quality(audio, gl, voc.sample_rate, voc.mel) | _peak(audio, gl)
         if pitch:
             # the track of the model's own tracker: the one its source and post-filter read
             row["pitch"] = clip_pitch(audio, mel, voc.config.mel, outputs, (voc.config.model.pitch_tracker,))
@@ -472,6 +476,7 @@ def evaluate(
     for system in systems:
         keys = rows[0][system].keys()
         summary[system] = {k: float(np.nanmean([r[system][k] for r in rows])) for k in keys}
+        summary[system]["peak_over_ref_db_max"] = max(r[system]["peak_over_ref_db"] for r in rows)
     audio_s = sum(r["seconds"] for r in rows)
     summary["waveflow"]["real_time_factor"] = sum(r["synthesis_s"] for r in rows) / audio_s
     summary["waveflow"]["silence_rms"] = silence_rms(
@@ -488,15 +493,19 @@ def evaluate(
 
 def format_table(result: dict) -> str:
     lines = [
-        f"{result['n_clips']} clips, {result['audio_seconds']:.1f} s of audio (means over clips)",
-        "| system | mel-L1 | PESQ-wb | STOI | NLL nats/sample | NLL bits/sample |",
-        "|---|---|---|---|---|---|",
+        f"{result['n_clips']} clips, {result['audio_seconds']:.1f} s of audio (means over clips; the peak: "
+        "the output's over the clip's, the largest over clips)",
+        "| system | mel-L1 | PESQ-wb | STOI | NLL nats/sample | NLL bits/sample | peak over the clip's (dB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for system, s in result["summary"].items():
         nats = f"{s['nll_nats']:.3f}" if "nll_nats" in s else "-"
         bits = f"{s['nll_bits']:.3f}" if "nll_bits" in s else "-"
+        peak = f"{s['peak_over_ref_db_max']:+.2f}" if "peak_over_ref_db_max" in s else "-"
         name = "Griffin-Lim (60 it.)" if system == "griffin_lim" else system
-        lines.append(f"| {name} | {s['mel_l1']:.3f} | {s['pesq_wb']:.3f} | {s['stoi']:.3f} | {nats} | {bits} |")
+        lines.append(
+            f"| {name} | {s['mel_l1']:.3f} | {s['pesq_wb']:.3f} | {s['stoi']:.3f} | {nats} | {bits} | {peak} |"
+        )
     if "pitch" in result:
         lines += ["", format_pitch_table(result["pitch"])]
     return "\n".join(lines)
