@@ -24,8 +24,7 @@ def test_four_processes_into_one_folder_leave_every_wav_whole(tmp_path):
     out.mkdir()
     args = ["synthesize", str(mels), "-o", str(out), "--checkpoint", str(tmp_path / "tiny.pt"), "--seed", "7"]
     procs = [
-        subprocess.Popen([sys.executable, "-m", "waveflow", *args], cwd=REPO, stderr=subprocess.PIPE)
-        for _ in range(4)
+        subprocess.Popen([sys.executable, "-m", "waveflow", *args], cwd=REPO, stderr=subprocess.PIPE) for _ in range(4)
     ]
     for proc in procs:
         assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
