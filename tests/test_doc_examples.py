@@ -93,3 +93,25 @@ def test_the_streaming_page_runs_as_written(speech_mel):
     exec(block, scope)
     np.testing.assert_allclose(np.concatenate(played), voc(mel, seed=0), atol=1e-4)
     assert scope["stream"].rtf > 0
+
+
+def test_the_export_page_runs_as_written(tmp_path, monkeypatch):
+    """The ONNX example's inputs (names, shapes, z's 8 channels) are those of a default-group model."""
+    import torch
+    from conftest import tiny_model
+
+    from waveflow.interop.export import export_onnx
+
+    model = tiny_model(seed=4, n_group=8).eval()
+    assert model.cfg.n_group == 8 and model.cfg.hop_length == 256  # the numbers the example hard-codes
+    export_onnx(model, tmp_path / "waveglow.onnx")
+    mel = np.random.default_rng(0).uniform(-8, -2, (80, 9)).astype(np.float32)
+    np.save(tmp_path / "mel.npy", mel)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    (block,) = python_blocks("docs/export.md")
+    exec(block, scope)
+    assert scope["audio"].shape == (1, 9 * 256)
+    with torch.no_grad():
+        expected = model.infer(torch.from_numpy(mel)[None], z=torch.from_numpy(scope["z"])).numpy()
+    np.testing.assert_allclose(scope["audio"], expected, rtol=0, atol=1e-4)
