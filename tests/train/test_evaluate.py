@@ -284,7 +284,7 @@ def test_mel_track_of_a_sawtooth_agrees_with_harvest(tracker):
 
 
 def test_crest_factor_and_peak_figures_against_closed_forms():
-    from waveflow.train.evaluate import CREST_FRAME, crest_db, peak_figures
+    from waveflow.train.evaluate import CREST_FRAME, crest_db, peak_figures, peak_over_ref_db
 
     n = np.arange(8 * CREST_FRAME)
     sine = np.sin(2 * np.pi * n / 64)  # whole periods per frame: peak 1, rms 1/sqrt(2)
@@ -304,6 +304,7 @@ def test_crest_factor_and_peak_figures_against_closed_forms():
     # the output's peak against the reference's, in dB, over the reference's length
     figures = peak_figures(sine, np.concatenate([2 * sine, [100.0]]))
     assert figures["peak_over_ref_db"] == pytest.approx(20 * np.log10(2))
+    assert peak_over_ref_db(sine, np.concatenate([2 * sine, [100.0]])) == pytest.approx(20 * np.log10(2))
     assert figures["crest_p50_ref_db"] == pytest.approx(10 * np.log10(2))
     assert figures["crest_p99_out_db"] == pytest.approx(10 * np.log10(2))
     assert peak_figures(sine, clicked)["crest_p99_out_db"] > 6
@@ -311,3 +312,4 @@ def test_crest_factor_and_peak_figures_against_closed_forms():
     assert silent["peak_over_ref_db"] == -np.inf and np.isnan(silent["crest_p50_out_db"])
     with pytest.raises(ValueError, match="reference that is not silent"):
         peak_figures(np.zeros_like(sine), sine)
+    assert peak_over_ref_db(sine, np.zeros_like(sine)) == -np.inf

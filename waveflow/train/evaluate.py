@@ -294,26 +294,28 @@ def crest_db(audio: np.ndarray, frame: int = CREST_FRAME, floor_db: float = CRES
     return 20 * np.log10(np.abs(blocks[keep]).max(axis=1) / rms[keep])
 
 
-def peak_figures(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
-    """The output's peak against the reference's (``peak_over_ref_db``: 20 log10 of the ratio of
-    the largest absolute samples; positive: the output peaks higher) and the 50th and 99th
-    percentiles of both crest factors (``crest_db``) over the reference's length. A silent output
-    peaks at -inf dB and has no crest factors (NaN); a silent reference is a ValueError."""
-    ref = np.asarray(reference, dtype=np.float64)
-    out = np.asarray(output, dtype=np.float64)[: len(ref)]
-    ref_peak, out_peak = np.abs(ref).max(initial=0.0), np.abs(out).max(initial=0.0)
+def peak_over_ref_db(reference: np.ndarray, output: np.ndarray) -> float:
+    """The output's peak against the reference's, over the reference's length: 20 log10 of the
+    ratio of the largest absolute samples (positive: the output peaks higher; -inf for a silent
+    output). A silent reference is a ValueError."""
+    ref_peak = np.abs(np.asarray(reference, dtype=np.float64)).max(initial=0.0)
+    out_peak = np.abs(np.asarray(output, dtype=np.float64)[: len(reference)]).max(initial=0.0)
     if not ref_peak > 0:
         raise ValueError("peak figures need a reference that is not silent")
-    figures = {"peak_over_ref_db": float(20 * np.log10(out_peak / ref_peak)) if out_peak > 0 else -math.inf}
+    return float(20 * np.log10(out_peak / ref_peak)) if out_peak > 0 else -math.inf
+
+
+def peak_figures(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
+    """``peak_over_ref_db`` and the 50th and 99th percentiles of both crest factors (``crest_db``)
+    over the reference's length; a silent output has no crest factors (NaN)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    out = np.asarray(output, dtype=np.float64)[: len(ref)]
+    figures = {"peak_over_ref_db": peak_over_ref_db(ref, out)}
     for name, x in (("ref", ref), ("out", out)):
         crest = crest_db(x)
         for q in (50, 99):
             figures[f"crest_p{q}_{name}_db"] = float(np.percentile(crest, q)) if len(crest) else float("nan")
     return figures
-
-
-def _peak(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
-    return {"peak_over_ref_db": peak_figures(reference, output)["peak_over_ref_db"]}
 
 
 def _as_written(audio: np.ndarray) -> np.ndarray:
@@ -461,12 +463,14 @@ def evaluate(
         options = dict(postfilter=postfilter, mel_correction=mel_correction, limit=limit, harmonic=harmonic)
         out = voc(mel, sigma=sigma, seed=seed, **options)
         row["synthesis_s"] = time.perf_counter() - t0
-        row["waveflow"] = quality(audio, out, voc.sample_rate, voc.mel) | _peak(audio, out)
+        row["waveflow"] = quality(audio, out, voc.sample_rate, voc.mel)
+        row["waveflow"]["peak_over_ref_db"] = peak_over_ref_db(audio, out)
         row["waveflow"]["nll_nats"], row["waveflow"]["nll_bits"] = nll(voc, audio, mel)
         outputs = {"waveflow": out}
         if griffin:
             gl = outputs["griffin_lim"] = griffin_lim(mel, voc.config.mel, len(audio))
-            row["griffin_lim"] = quality(audio, gl, voc.sample_rate, voc.mel) | _peak(audio, gl)
+            row["griffin_lim"] = quality(audio, gl, voc.sample_rate, voc.mel)
+            row["griffin_lim"]["peak_over_ref_db"] = peak_over_ref_db(audio, gl)
         if pitch:
             # the track of the model's own tracker: the one its source and post-filter read
             row["pitch"] = clip_pitch(audio, mel, voc.config.mel, outputs, (voc.config.model.pitch_tracker,))
