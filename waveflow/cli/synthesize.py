@@ -62,20 +62,20 @@ def _check_npy_header(path: Path) -> None:
     """One line saying what a ``.npy`` file is not, before numpy reads it: numpy falls back to
     unpickling a file without the NumPy header and then blames pickling, and it refuses an
     object array in words about pickles too."""
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    header = None
     try:
         with open(path, "rb") as f:
             head = f.read(len(NPY_MAGIC))
-            header = None
             if head == NPY_MAGIC:
                 f.seek(0)
                 version = np.lib.format.read_magic(f)
-                read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
                 header = read[version](f) if version in read else None
     except OSError as exc:
         raise SynthesisError(f"{path}: cannot read mel ({exc.strerror or exc})") from None
     except ValueError:  # a NumPy header numpy's own reader will judge (and word) below
-        header = None
-    if not head.startswith(NPY_MAGIC):
+        pass
+    if head != NPY_MAGIC:
         what = "an empty file" if not head else f"{path.stat().st_size} bytes without the NumPy header"
         raise SynthesisError(f"{path}: not a .npy file ({what}); expected a numpy array saved with np.save")
     if header is not None and header[2].hasobject:
