@@ -95,7 +95,7 @@ def quality(reference: np.ndarray, degraded: np.ndarray, sample_rate: int, mel_f
     """
     n = min(len(reference), len(degraded))
     reference = reference[:n].astype(np.float32)
-    degraded = np.clip(degraded[:n].astype(np.float32), -1.0, 32767.0 / 32768.0)
+    degraded = _as_written(degraded[:n])
     return {
         "mel_l1": mel_l1(reference, degraded, mel_fn),
         "pesq_wb": pesq_wb(reference, degraded, sample_rate),
