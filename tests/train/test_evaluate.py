@@ -100,6 +100,13 @@ def test_evaluate_cli_writes_table_and_json(tmp_path, speech):
     out = voc(voc.mel(clip), seed=0)  # evaluate's default seed and the checkpoint's settings
     want = 20 * np.log10(np.abs(out[: len(clip)]).max() / np.abs(clip).max())
     assert data["summary"]["waveflow"]["peak_over_ref_db_max"] == pytest.approx(want, abs=1e-3)
+    # the level above the mel's top, from the written output's spectrum against the clip's
+    written = np.clip(out[: len(clip)], -1, 32767 / 32768)
+    above = np.fft.rfftfreq(len(clip), 1 / 22050) > 8000
+    energy = lambda x: np.sum(np.abs(np.fft.rfft(x.astype(np.float64))[above]) ** 2)
+    level = data["summary"]["waveflow"]["level_above_fmax_db"]
+    assert level == pytest.approx(10 * np.log10(energy(written) / energy(clip)), abs=1e-3)
+    assert f"| {level:+.2f} |" in result.stdout and "level above 8 kHz (dB)" in result.stdout
     if importlib.util.find_spec("pyworld") is not None:  # the eval extra's pitch measures
         for row in ("waveflow output (harvest)", "Griffin-Lim (60 it.) output (harvest)", "mel-derived track, comb"):
             assert f"| {row}" in result.stdout, result.stdout
@@ -281,6 +288,25 @@ def test_mel_track_of_a_sawtooth_agrees_with_harvest(tracker):
     mel = voc.mel(saw)
     got = pitch_agreement(harvest_f0(saw, 22050, 256), mel_f0(mel, MelConfig(), tracker))
     assert got["voiced_recall"] > 0.9 and got["f0_median_cents"] < 5, got
+
+
+def test_level_above_the_mels_top_against_closed_forms():
+    from waveflow.train.evaluate import level_above_db
+
+    n = np.arange(22050)
+    low, high = np.sin(2 * np.pi * 1000 * n / 22050), np.sin(2 * np.pi * 9000 * n / 22050)
+    ref = low + 0.1 * high
+    # twice the amplitude above 8 kHz: +6.02 dB, whatever happens below
+    assert level_above_db(ref, 3 * low + 0.2 * high, 22050, 8000.0) == pytest.approx(20 * np.log10(2), abs=1e-6)
+    assert level_above_db(ref, low + 0.05 * high, 22050, 8000.0) == pytest.approx(-20 * np.log10(2), abs=1e-6)
+    # over the reference's length: what the output has past its end does not count
+    longer = np.concatenate([ref, 5 * high[:1000]])
+    assert level_above_db(ref, longer, 22050, 8000.0) == pytest.approx(0.0, abs=1e-6)
+    # the cut is f_max: at 10 kHz the 9 kHz tone lies below it, and nothing is left above
+    assert np.isnan(level_above_db(ref, ref, 22050, 10000.0))
+    assert level_above_db(ref, low, 22050, 8000.0) < -200  # an output with nothing up there but rounding
+    assert level_above_db(ref, np.zeros_like(ref), 22050, 8000.0) == -np.inf
+    assert np.isnan(level_above_db(low, ref, 22050, 8000.0))  # a reference with nothing up there
 
 
 def test_crest_factor_and_peak_figures_against_closed_forms():

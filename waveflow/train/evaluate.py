@@ -318,6 +318,24 @@ def peak_figures(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
     return figures
 
 
+def level_above_db(reference: np.ndarray, output: np.ndarray, sample_rate: int, f_max: float) -> float:
+    """The output's energy above ``f_max`` (the mel's top) against the reference's, in dB, over
+    the reference's length: positive, the output is brighter up there. The mel says nothing
+    above its top, and none of the other measures hears it (PESQ-wb, STOI and the MOS
+    predictors resample to 16 kHz or lower), so a vocoder's level there shows only here and in
+    a spectrogram. NaN when the reference has no energy above ``f_max`` (audio upsampled from a
+    lower rate); -inf for an output with none."""
+    ref = np.asarray(reference, dtype=np.float64)
+    out = np.asarray(output, dtype=np.float64)[: len(ref)]
+    above = np.fft.rfftfreq(len(ref), 1 / sample_rate) > f_max
+    ref_power = np.abs(np.fft.rfft(ref)) ** 2
+    ref_energy = float(np.sum(ref_power[above]))
+    out_energy = float(np.sum(np.abs(np.fft.rfft(out, n=len(ref))[above]) ** 2))
+    if not ref_energy > 1e-10 * float(np.sum(ref_power)):  # -100 dB: a resampler's stop band, not a voice
+        return math.nan
+    return float(10 * np.log10(out_energy / ref_energy)) if out_energy > 0 else -math.inf
+
+
 def _as_written(audio: np.ndarray) -> np.ndarray:
     """The audio as a 16-bit wav holds it (``save_wav`` clips to [-1, 1))."""
     return np.clip(audio.astype(np.float32), -1.0, 32767.0 / 32768.0)
@@ -455,6 +473,7 @@ def evaluate(
     from waveflow.dsp.audio import load_wav
 
     rows = []
+    f_max = voc.config.mel.f_max
     for path in tqdm(clips, unit="clip", disable=len(clips) < 2 or not sys.stderr.isatty()):
         audio = load_wav(path, voc.sample_rate)
         mel = voc.mel(audio)
@@ -465,12 +484,14 @@ def evaluate(
         row["synthesis_s"] = time.perf_counter() - t0
         row["waveflow"] = quality(audio, out, voc.sample_rate, voc.mel)
         row["waveflow"]["peak_over_ref_db"] = peak_over_ref_db(audio, out)
+        row["waveflow"]["level_above_fmax_db"] = level_above_db(audio, _as_written(out), voc.sample_rate, f_max)
         row["waveflow"]["nll_nats"], row["waveflow"]["nll_bits"] = nll(voc, audio, mel)
         outputs = {"waveflow": out}
         if griffin:
             gl = outputs["griffin_lim"] = griffin_lim(mel, voc.config.mel, len(audio))
             row["griffin_lim"] = quality(audio, gl, voc.sample_rate, voc.mel)
             row["griffin_lim"]["peak_over_ref_db"] = peak_over_ref_db(audio, gl)
+            row["griffin_lim"]["level_above_fmax_db"] = level_above_db(audio, _as_written(gl), voc.sample_rate, f_max)
         if pitch:
             # the track of the model's own tracker: the one its source and post-filter read
             row["pitch"] = clip_pitch(audio, mel, voc.config.mel, outputs, (voc.config.model.pitch_tracker,))
@@ -486,7 +507,7 @@ def evaluate(
     summary["waveflow"]["silence_rms"] = silence_rms(
         voc, sigma, seed, postfilter=postfilter, mel_correction=mel_correction, limit=limit, harmonic=harmonic
     )
-    result = {"clips": rows, "summary": summary, "n_clips": len(rows), "audio_seconds": audio_s}
+    result = {"clips": rows, "summary": summary, "n_clips": len(rows), "audio_seconds": audio_s, "f_max": f_max}
     if pitch:
         keys = rows[0]["pitch"]["waveflow"].keys()
         result["pitch"] = {
@@ -498,18 +519,21 @@ def evaluate(
 def format_table(result: dict) -> str:
     lines = [
         f"{result['n_clips']} clips, {result['audio_seconds']:.1f} s of audio (means over clips; the peak: "
-        "the output's over the clip's, the largest over clips)",
-        "| system | mel-L1 | PESQ-wb | STOI | NLL nats/sample | NLL bits/sample | peak over the clip's (dB) |",
-        "|---|---|---|---|---|---|---|",
+        "the output's over the clip's, the largest over clips; the level above the mel's top: the output's "
+        "energy there over the clip's)",
+        "| system | mel-L1 | PESQ-wb | STOI | NLL nats/sample | NLL bits/sample | peak over the clip's (dB) "
+        f"| level above {result.get('f_max', 8000.0) / 1000:g} kHz (dB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for system, s in result["summary"].items():
         nats = f"{s['nll_nats']:.3f}" if "nll_nats" in s else "-"
         bits = f"{s['nll_bits']:.3f}" if "nll_bits" in s else "-"
         peak = f"{s['peak_over_ref_db_max']:+.2f}" if "peak_over_ref_db_max" in s else "-"
+        above = s.get("level_above_fmax_db", math.nan)
+        above = f"{above:+.2f}" if not math.isnan(above) else "-"
         name = "Griffin-Lim (60 it.)" if system == "griffin_lim" else system
-        lines.append(
-            f"| {name} | {s['mel_l1']:.3f} | {s['pesq_wb']:.3f} | {s['stoi']:.3f} | {nats} | {bits} | {peak} |"
-        )
+        cells = [name, f"{s['mel_l1']:.3f}", f"{s['pesq_wb']:.3f}", f"{s['stoi']:.3f}", nats, bits, peak, above]
+        lines.append("| " + " | ".join(cells) + " |")
     if "pitch" in result:
         lines += ["", format_pitch_table(result["pitch"])]
     return "\n".join(lines)
