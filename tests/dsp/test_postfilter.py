@@ -69,8 +69,15 @@ def test_the_filter_matches_a_direct_sum_sample_by_sample():
 
     d = np.array([0.5 * (tap(n, n - ps[n]) + tap(n, n + ps[n])) - xs[n] for n in range(n_all)])
     reach = range(-FIR_HALF, FIR_HALF + 1)
-    low = np.array([sum(taps[j + FIR_HALF] * d[n - j] for j in reach if 0 <= n - j < n_all) for n in range(n_all)])
-    expected = xs + 0.7 * voicing[0].double().numpy() * low
+
+    def lowpass(s: np.ndarray, hold_ends: bool = False) -> np.ndarray:
+        at = lambda m: s[min(max(m, 0), n_all - 1)] if hold_ends or 0 <= m < n_all else 0.0
+        return np.array([sum(taps[j + FIR_HALF] * at(n - j) for j in reach) for n in range(n_all)])
+
+    a = 0.7 * voicing[0].double().numpy()
+    # the comb below the cut-off; above it the comb's rms gain on white noise, (1 - a + a cos)^2 averaged
+    high_gain = np.sqrt(1 - 2 * a + 1.5 * a**2)
+    expected = xs + a * lowpass(d) + (high_gain - 1) * (xs - lowpass(xs, hold_ends=True))  # x's ends held
     np.testing.assert_allclose(y[0].double().numpy(), expected, atol=2e-6)
 
 
@@ -95,16 +102,42 @@ def test_identity_where_it_must_not_act():
     assert torch.equal(pf.apply(x, period, torch.zeros_like(voicing), 1.0), x)  # unvoiced
     const = torch.full((1, 5000), 0.3)
     torch.testing.assert_close(pf.apply(const, period, voicing, 1.0), const)  # no comb difference, ends included
-    high = tone(6000.0)  # far above the cut-off: the low-pass keeps the comb out of it
+    high = tone(6000.0)  # far above the cut-off: no comb, only the band's gain (next test)
     out = pf.apply(high, *constant_tracks(150, high.shape[1]), 1.0)
-    assert abs(interior_gain(high, out, pf.margin) - 1) < 0.01
+    assert abs(interior_gain(high, out, pf.margin) - math.sqrt(0.5)) < 0.01
+    inner = slice(pf.margin, -pf.margin)
+    assert (out[0, inner] - math.sqrt(0.5) * high[0, inner]).abs().max() < 0.01  # scaled, not combed
     # the default cut-off is the mel's top: a tone half-way between two harmonics near 6 kHz
     # (40.5 cycles in a period of 150 samples) is nulled there, one above the mel's top passes
     default, mid = HarmonicPostfilter(), tone(40.5 * SR / 150)
     assert abs(interior_gain(mid, default.apply(mid, *constant_tracks(150, mid.shape[1]), 0.5), pf.margin)) < 0.02
     top = tone(10000.0)
-    out = default.apply(top, *constant_tracks(150, top.shape[1]), 1.0)
-    assert abs(interior_gain(top, out, pf.margin) - 1) < 0.02
+    out = default.apply(top, *constant_tracks(150, top.shape[1]), 0.5)
+    assert abs(interior_gain(top, out, pf.margin) - math.sqrt(0.375)) < 0.02
+
+
+@pytest.mark.parametrize("strength", [0.25, 0.5, 1.0])
+@pytest.mark.parametrize("voicing", [0.4, 1.0])
+def test_above_the_cut_off_the_band_keeps_its_balance_with_the_band_below(strength, voicing):
+    """The comb takes from white noise below the cut-off the mean over f of
+    (1 - a + a cos(2 pi f T))^2, 1 - 2a + 1.5a^2 for a = strength * voicing; the band above is
+    scaled by the same power (a tone there by its square root), so that noise keeps its spectral
+    balance across the cut-off and the mel correction's lift, which the band above takes from the
+    band below, does not over-raise it."""
+    pf, period = HarmonicPostfilter(cutoff_hz=4000.0), 123
+    a = strength * voicing
+    want_db = 10 * math.log10(1 - 2 * a + 1.5 * a * a)
+    x = tone(7000.0, 16384)
+    y = pf.apply(x, *constant_tracks(period, x.shape[1], voicing), strength)
+    assert 20 * math.log10(interior_gain(x, y, pf.margin)) == pytest.approx(want_db, abs=0.05)
+    noise = torch.randn(1, 2**17, generator=torch.Generator().manual_seed(3))
+    out = pf.apply(noise, *constant_tracks(period, noise.shape[1], voicing), strength)
+    spec_in, spec_out = (np.abs(np.fft.rfft(s[0, 4096:-4096].double().numpy())) ** 2 for s in (noise, out))
+    freqs = np.fft.rfftfreq(noise.shape[1] - 8192, 1 / SR)
+    for band in ((200, 3700), (4400, 10500)):  # clear of the FIR's transition band
+        keep = (freqs > band[0]) & (freqs < band[1])
+        got = 10 * np.log10(spec_out[keep].sum() / spec_in[keep].sum())
+        assert got == pytest.approx(want_db, abs=0.2), band
 
 
 def test_the_default_cut_off_is_the_mels_top_below_nyquist():
@@ -117,7 +150,7 @@ def test_the_default_cut_off_is_the_mels_top_below_nyquist():
 
 def test_the_mel_pitch_places_the_comb_on_a_voice():
     """On a harmonic voice plus noise, from its own mel: the harmonics stay, the noise between
-    them in the low band drops, the band above the cut-off is untouched."""
+    them in the low band drops, the band above the cut-off is scaled as noise below it is."""
     f0, seconds = 150.0, 1.0
     clean = harmonic(f0, seconds)
     noise = 0.01 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(2))
@@ -131,10 +164,10 @@ def test_the_mel_pitch_places_the_comb_on_a_voice():
     kept = 10 * np.log10(spec_out[harmonics].sum() / spec_in[harmonics].sum())
     dropped = 10 * np.log10(spec_out[between].sum() / spec_in[between].sum())
     above = (freqs > 3000) & (freqs < 8000)
-    untouched = 10 * np.log10(spec_out[above].sum() / spec_in[above].sum())
+    scaled = 10 * np.log10(spec_out[above].sum() / spec_in[above].sum())
     assert abs(kept) < 0.5, kept
     assert dropped < -10, dropped
-    assert abs(untouched) < 0.2, untouched
+    assert scaled == pytest.approx(10 * np.log10(0.375), abs=0.2)  # no comb, the noise's balance kept
 
 
 @pytest.mark.parametrize("f0", [110.0, 120.0, 130.0, 150.0, 183.0, 200.0, 220.0])
