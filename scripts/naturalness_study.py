@@ -50,6 +50,7 @@ from waveflow.train.evaluate import (
     griffin_lim,
     harmonic_valley_db,
     harvest_at_frames,
+    level_above_db,
     peak_figures,
     pitch_available,
     quality,
@@ -146,11 +147,12 @@ def format_hvr_table(summary: dict[str, dict[str, float]], names: dict[str, str]
 def format_peak_table(per_clip: dict[str, list[dict]], names: dict[str, str]) -> str:
     """Each system's peak against the recording's (``peak_figures``: dB, per clip) and its
     frames' crest factors beside the recording's (``crest_db``; percentiles per clip, then the
-    mean over clips)."""
+    mean over clips), and its energy above the mel's top over the recording's (``level_above_db``,
+    the mean over clips)."""
     lines = [
         "| system | peak over the recording's (dB): median / max | clips over +1 dB "
-        "| crest factor p50 / p99 (dB) | the recording's p50 / p99 |",
-        "|---|---|---|---|---|",
+        "| crest factor p50 / p99 (dB) | the recording's p50 / p99 | level above the mel's top (dB) |",
+        "|---|---|---|---|---|---|",
     ]
     for system, rows in per_clip.items():
         if not rows or "peak_over_ref_db" not in rows[0]:
@@ -158,9 +160,11 @@ def format_peak_table(per_clip: dict[str, list[dict]], names: dict[str, str]) ->
         over = np.array([r["peak_over_ref_db"] for r in rows])
         crest = " / ".join(f"{mean_of(rows, f'crest_p{q}_out_db'):.1f}" for q in (50, 99))
         ref = " / ".join(f"{mean_of(rows, f'crest_p{q}_ref_db'):.1f}" for q in (50, 99))
+        above = mean_of(rows, "level_above_fmax_db")
+        above = f"{above:+.2f}" if np.isfinite(above) else "-"
         lines.append(
             f"| {names[system]} | {np.median(over):+.2f} / {over.max():+.2f} | {int((over > 1).sum())} of {len(over)} "
-            f"| {crest} | {ref} |"
+            f"| {crest} | {ref} | {above} |"
         )
     return "\n".join(lines)
 
@@ -250,6 +254,7 @@ def study(args: argparse.Namespace) -> int:
             row = {"clip": path.stem, **{hvr_key(band): float(v) for band, v in zip(HVR_BANDS, hvr, strict=True)}}
             if name != "recordings":
                 row |= quality(audio, x, voc.sample_rate, voc.mel) | pitch[name] | peak_figures(audio, x)
+                row["level_above_fmax_db"] = level_above_db(audio, x, voc.sample_rate, cfg.f_max)
             per_clip[name].append(row)
         for name in tracks:
             per_clip[name].append({"clip": path.stem, **pitch[name]})

@@ -109,10 +109,16 @@ def test_study_writes_one_folder_per_system_and_a_table(setup):
             wav = load_wav(out / system / f"{row['clip']}.wav")
             want = 20 * np.log10(np.abs(wav).max() / np.abs(ref).max())
             assert row["peak_over_ref_db"] == pytest.approx(want, abs=0.01), (system, row["clip"])
+            above = np.fft.rfftfreq(len(ref), 1 / 22050) > 8000
+            spectrum = np.abs(np.fft.rfft(wav[: len(ref)].astype(np.float64), n=len(ref))[above]) ** 2
+            want = 10 * np.log10(spectrum.sum() / (np.abs(np.fft.rfft(ref.astype(np.float64))[above]) ** 2).sum())
+            assert row["level_above_fmax_db"] == pytest.approx(want, abs=0.05), (system, row["clip"])  # 16-bit apart
     over = [r["peak_over_ref_db"] for r in per_clip["waveflow"]]
     median, top = (float(v) for v in peaks["waveflow, tiny.pt, defaults"][0].split(" / "))
     assert median == pytest.approx(np.median(over), abs=0.006) and top == pytest.approx(max(over), abs=0.006)
     assert peaks["waveflow, tiny.pt, defaults"][1] == f"{sum(v > 1 for v in over)} of 2"
+    level = np.mean([r["level_above_fmax_db"] for r in per_clip["waveflow"]])
+    assert peaks["waveflow, tiny.pt, defaults"][4] == f"{level:+.2f}"
     # the ceiling control's crest factors follow the recording's
     ceiling_row = peaks["the recording's own LP residual (LP, post-filter, correction): the excitation's ceiling"]
     ceiling_crest, ref_crest = ([float(v) for v in cell.split(" / ")] for cell in ceiling_row[2:4])
