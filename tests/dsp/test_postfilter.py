@@ -70,14 +70,15 @@ def test_the_filter_matches_a_direct_sum_sample_by_sample():
     d = np.array([0.5 * (tap(n, n - ps[n]) + tap(n, n + ps[n])) - xs[n] for n in range(n_all)])
     reach = range(-FIR_HALF, FIR_HALF + 1)
 
-    def lowpass(s: np.ndarray, hold_ends: bool = False) -> np.ndarray:
-        at = lambda m: s[min(max(m, 0), n_all - 1)] if hold_ends or 0 <= m < n_all else 0.0
-        return np.array([sum(taps[j + FIR_HALF] * at(n - j) for j in reach) for n in range(n_all)])
+    def lowpass(s: np.ndarray) -> np.ndarray:  # the input held at the ends
+        held = lambda m: s[min(max(m, 0), n_all - 1)]
+        return np.array([sum(taps[j + FIR_HALF] * held(n - j) for j in reach) for n in range(n_all)])
 
     a = 0.7 * voicing[0].double().numpy()
-    # the comb below the cut-off; above it the comb's rms gain on white noise, (1 - a + a cos)^2 averaged
+    # the comb below the cut-off; above it the comb's rms gain on white noise, (1 - a + a cos)^2 averaged:
+    # g x + lowpass(a d + (1 - g) x), the low-pass's input held at the ends
     high_gain = np.sqrt(1 - 2 * a + 1.5 * a**2)
-    expected = xs + a * lowpass(d) + (high_gain - 1) * (xs - lowpass(xs, hold_ends=True))  # x's ends held
+    expected = high_gain * xs + lowpass(a * d + (1 - high_gain) * xs)
     np.testing.assert_allclose(y[0].double().numpy(), expected, atol=2e-6)
 
 
