@@ -307,6 +307,18 @@ def test_level_above_the_mels_top_against_closed_forms():
     assert level_above_db(ref, low, 22050, 8000.0) < -200  # an output with nothing up there but rounding
     assert level_above_db(ref, np.zeros_like(ref), 22050, 8000.0) == -np.inf
     assert np.isnan(level_above_db(low, ref, 22050, 8000.0))  # a reference with nothing up there
+    # nor with only a 16-bit wav's rounding up there (a clip upsampled from 16 kHz, as written)
+    rounded = np.round(low * 0.5 * 32768) / 32768
+    assert np.isnan(level_above_db(rounded, ref, 22050, 8000.0))
+    assert np.isfinite(level_above_db(low + 0.01 * high, ref, 22050, 8000.0))  # -40 dB: a level to compare
+    # a clip without a level up there is left out of the mean; with none, the table's cell is blank
+    from waveflow.train.evaluate import _nanmean, format_table
+
+    assert _nanmean([1.0, np.nan, 3.0]) == 2.0 and _nanmean([1.0, -np.inf]) == -np.inf
+    assert np.isnan(_nanmean([np.nan, np.nan]))
+    figures = {"mel_l1": 0.1, "pesq_wb": 3.0, "stoi": 0.9, "peak_over_ref_db_max": 0.5, "level_above_fmax_db": np.nan}
+    table = format_table({"n_clips": 1, "audio_seconds": 1.0, "summary": {"waveflow": figures}})
+    assert table.splitlines()[-1].endswith("| +0.50 | - |") and "level above 8 kHz (dB)" in table
 
 
 def test_crest_factor_and_peak_figures_against_closed_forms():
