@@ -196,3 +196,53 @@ def test_each_row_and_each_visit_of_a_clip_draws_its_own_segment(tmp_path):
     assert all(first[c] != second[c] for c in first), (first, second)  # a clip's next visit elsewhere
     row = batches[0][0].numpy() * 2**15
     np.testing.assert_array_equal(row, row[0] + np.arange(1024))  # a contiguous segment
+
+
+def test_speed_perturbation_plays_each_row_at_its_own_rate(tmp_path):
+    """A ramp (sample k holds k) played at rate r is a ramp of slope r: each row's slope is its
+    rate, drawn in [1 - p, 1 + p] from the row's own stream, and the context moves with it."""
+    from waveflow.train.data import speed_segment
+
+    clips = []
+    for i in range(4):
+        path = tmp_path / f"ramp{i}.wav"
+        sf.write(path, np.arange(40000, dtype=np.float32) / 2**16, RATE, subtype="FLOAT")
+        clips.append(Clip(f"r{i}", str(path), 40000))
+    batches = SegmentBatches(clips, 4096, 4, seed=2, context=24, speed_perturb=0.1)
+    rows = batches[0].numpy() * 2**16
+    assert rows.shape == (4, 24 + 4096)
+    inner = np.arange(300, 24 + 4096 - 300)  # clear of the resampler's edges
+    slopes = [np.polyfit(inner, row[inner], 1)[0] for row in rows]
+    assert all(0.9 - 1e-3 <= s <= 1.1 + 1e-3 for s in slopes), slopes
+    assert len({round(s, 3) for s in slopes}) == 4, slopes  # each row its own rate
+    for row, slope in zip(rows, slopes, strict=True):  # a ramp, not a curve: one rate over the row
+        np.testing.assert_allclose(row[inner], row[inner[0]] + slope * (inner - inner[0]), atol=0.05)
+    # the row is a function of the step, and a rank's rows are the one-process batch's
+    np.testing.assert_array_equal(
+        batches[0].numpy(), SegmentBatches(clips, 4096, 4, seed=2, context=24, speed_perturb=0.1)[0].numpy()
+    )
+    ranks = [
+        SegmentBatches(clips, 4096, 2, seed=2, rank=r, world_size=2, context=24, speed_perturb=0.1) for r in range(2)
+    ]
+    merged = np.stack([ranks[p % 2][0][p // 2].numpy() for p in range(4)])
+    np.testing.assert_array_equal(merged, batches[0].numpy())
+    # a tone moves with the rate: 1 kHz played at 1.1 is 1.1 kHz, at 0.9 is 900 Hz
+    tone = np.sin(2 * np.pi * 1000 * np.arange(30000) / RATE).astype(np.float32)
+    for rate in (0.9, 1.1):
+        row = speed_segment(tone, rate, 256, 8192)
+        spectrum = np.abs(np.fft.rfft(row * np.hanning(len(row))))
+        assert np.fft.rfftfreq(len(row), 1 / RATE)[spectrum.argmax()] == pytest.approx(1000 * rate, abs=3)
+    # a clip shorter than the row's span comes back zero-padded
+    short = SegmentBatches(_clips(tmp_path, [2000]), 4096, 1, seed=0, speed_perturb=0.05)[0].numpy()[0]
+    assert np.abs(short[:1800] - 0.01).max() < 2e-3 and np.abs(short[2300:]).max() < 1e-6
+    with pytest.raises(ValueError, match="speed_perturb"):
+        SegmentBatches(clips, 4096, 4, seed=2, speed_perturb=1.5)
+
+
+def test_speed_perturbation_is_a_checked_setting():
+    from waveflow.config import ConfigError, make_config
+
+    assert make_config("tiny").train.speed_perturb == 0.0  # off unless asked for
+    assert make_config("tiny", {"train": {"speed_perturb": 0.1}}).train.speed_perturb == 0.1
+    with pytest.raises(ConfigError, match=r"speed_perturb .* must be in \[0, 0.25\]"):
+        make_config("tiny", {"train": {"speed_perturb": 0.3}})
