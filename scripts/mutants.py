@@ -278,6 +278,10 @@ MUTANTS: list[Mutant] = [
       "xs = torch.cat([xs[:, j * dilation : j * dilation + steps] for j in reversed(range(kernel))])",
       "tests/nn/test_conditioner.py", "-k", "infer_conv1d or float32_inference"),
     # ------------------------------------------------------------------ training
+    m("dev_evaluation_with_autograd", "trainer.py",
+      "    @torch.no_grad()\n    def evaluate(self) -> dict[str, float]:",
+      "    def evaluate(self) -> dict[str, float]:",
+      "tests/train/test_train.py", "-k", "autograd"),
     m("gradient_guard_disabled", "trainer.py",
       'if not torch.isfinite(grad_norm) and self.precision != "fp16":',
       'if not torch.isfinite(grad_norm) and self.precision == "fp16":',

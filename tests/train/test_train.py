@@ -366,3 +366,19 @@ def test_each_non_finite_guard_skips_the_step_on_its_own(trainer, monkeypatch, f
     assert not changed, f"{fault}: a skipped step changed {changed[:3]}"
     assert not trainer.opt.state, "a skipped step must not touch the optimizer's moments"
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+
+
+def test_dev_evaluation_builds_no_autograd_graph(trainer, monkeypatch):
+    """The dev NLL runs the flow over whole clips: with autograd on it would hold every
+    activation of a clip (and warned when the NLL became a float)."""
+    seen = []
+    real = trainer.model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_grad_enabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.model, "forward", spy)
+    result = trainer.evaluate()
+    assert seen and not any(seen) and math.isfinite(result["nll_nats"])
+    assert torch.is_grad_enabled()  # and training goes on with it

@@ -423,8 +423,10 @@ class Trainer:
         )
         return build_chain(parts, checkpoint_settings(cfg.train))
 
+    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """NLL over the full dev clips (nats and bits per sample, weighted by length)."""
+        """NLL over the full dev clips (nats and bits per sample, weighted by length), without
+        autograd: a whole clip's graph would hold every activation of the flow for nothing."""
         model, cfg = self.model, self.cfg
         model.eval()
         if self.dev_audio is None:
