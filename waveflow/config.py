@@ -291,8 +291,8 @@ class TrainConfig:
     warmup_steps: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
-    # speed perturbation: each segment played at a rate drawn from [1 - p, 1 + p] (pitch and
-    # formants move together, as in another speaker's voice); 0: the audio as recorded
+    # speed perturbation: each segment played faster, at a rate drawn from [1, 1 + p] (pitch and
+    # formants move up together, as in a smaller voice); 0: the audio as recorded
     speed_perturb: float = 0.0
     sigma: float = 1.0  # prior std of z during training
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -250,11 +250,15 @@ class SegmentBatches(torch.utils.data.Dataset):
     ``context`` samples of each row are the clip's audio just before the segment (zeros before
     the clip's start): linear prediction needs them, and they are not part of the segment.
 
-    ``speed_perturb`` p > 0 plays each row at a rate r drawn uniformly from [1 - p, 1 + p]
+    ``speed_perturb`` p > 0 plays each row faster, at a rate r drawn uniformly from [1, 1 + p]
     (``speed_segment``): the row is ``round((context + segment_length) * r)`` samples of the
-    clip resampled to ``context + segment_length``, so pitch and formants move by r together,
-    as in a smaller or a larger voice, and the mel the trainer computes from the row follows.
-    The rate comes from the row's own seeded stream, as its offset does.
+    clip resampled to ``context + segment_length``, so pitch and formants rise by r together,
+    as in a smaller voice, and the mel the trainer computes from the row follows. Never slower:
+    a row played at r < 1 has nothing above r times the Nyquist frequency, and the likelihood
+    learns to expect that empty band (the bundled model fine-tuned at rates in [0.9, 1.1] went
+    from -4.976 to -4.40 nats/sample on the dev clip in 1,000 steps). Played faster, the band
+    above the Nyquist frequency is cut and the rest stays full. The rate comes from the row's
+    own seeded stream, as its offset does.
     """
 
     def __init__(
@@ -312,7 +316,7 @@ class SegmentBatches(torch.utils.data.Dataset):
             # train on exactly the segments of one process with batch N * B
             rng = np.random.default_rng([self.seed, position])
             if self.speed_perturb > 0:
-                rate = float(rng.uniform(1 - self.speed_perturb, 1 + self.speed_perturb))
+                rate = float(rng.uniform(1, 1 + self.speed_perturb))
                 out[i] = self._perturbed_row(clip, rng, rate)
                 continue
             slack = clip.samples - self.segment_length
