@@ -291,9 +291,6 @@ class TrainConfig:
     warmup_steps: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
-    # speed perturbation: each segment played faster, at a rate drawn from [1, 1 + p] (pitch and
-    # formants move up together, as in a smaller voice); 0: the audio as recorded
-    speed_perturb: float = 0.0
     sigma: float = 1.0  # prior std of z during training
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     max_steps: int = 100_000
@@ -322,7 +319,6 @@ class TrainConfig:
         _check(self.keep_last >= 1, "train.keep_last must be >= 1")
         _check(self.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
         _check(self.grad_clip >= 0, "train.grad_clip must be >= 0")
-        _check(0 <= self.speed_perturb <= 0.25, "train.speed_perturb (the largest rate change) must be in [0, 0.25]")
         check_limits("train", self)
 
 

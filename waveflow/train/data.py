@@ -228,37 +228,12 @@ def read_segment(clip: Clip, offset: int, length: int) -> np.ndarray:
     return audio
 
 
-SPEED_MARGIN = 256  # samples read either side of a speed-perturbed row: soxr's filter reaches fewer
-
-
-def speed_segment(audio: np.ndarray, rate: float, start: int, width: int) -> np.ndarray:
-    """``audio`` played at ``rate`` (``y(t) = x(rate t)``: > 1 faster and higher), ``width`` samples
-    from input sample ``start`` on: soxr resamples by ``1 / rate`` and the row is cut where
-    ``start`` lands, zero-padded if the audio runs out. float32."""
-    import soxr
-
-    played = soxr.resample(audio.astype(np.float32), rate, 1.0)
-    first = round(start / rate)
-    row = played[first : first + width]
-    return np.pad(row, (0, width - len(row))).astype(np.float32)
-
-
 class SegmentBatches(torch.utils.data.Dataset):
     """Item t is the batch of step t for one rank: audio ``(batch_size, context + segment_length)``.
 
     Clips shorter than a segment are zero-padded (``short_clips`` counts them). The first
     ``context`` samples of each row are the clip's audio just before the segment (zeros before
     the clip's start): linear prediction needs them, and they are not part of the segment.
-
-    ``speed_perturb`` p > 0 plays each row faster, at a rate r drawn uniformly from [1, 1 + p]
-    (``speed_segment``): the row is ``round((context + segment_length) * r)`` samples of the
-    clip resampled to ``context + segment_length``, so pitch and formants rise by r together,
-    as in a smaller voice, and the mel the trainer computes from the row follows. Never slower:
-    a row played at r < 1 has nothing above r times the Nyquist frequency, and the likelihood
-    learns to expect that empty band (the bundled model fine-tuned at rates in [0.9, 1.1] went
-    from -4.976 to -4.40 nats/sample on the dev clip in 1,000 steps). Played faster, the band
-    above the Nyquist frequency is cut and the rest stays full. The rate comes from the row's
-    own seeded stream, as its offset does.
     """
 
     def __init__(
@@ -270,13 +245,9 @@ class SegmentBatches(torch.utils.data.Dataset):
         rank: int = 0,
         world_size: int = 1,
         context: int = 0,
-        speed_perturb: float = 0.0,
     ) -> None:
         self.clips, self.segment_length, self.batch_size = clips, segment_length, batch_size
         self.context = context
-        if not 0 <= speed_perturb < 1:
-            raise ValueError(f"speed_perturb must be in [0, 1), got {speed_perturb}")
-        self.speed_perturb = speed_perturb
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.short_clips = sum(c.samples < segment_length for c in clips)
         self._orders: dict[int, np.ndarray] = {}
@@ -315,26 +286,11 @@ class SegmentBatches(torch.utils.data.Dataset):
             # seeded by the position in the stream, not the rank: N processes with batch B
             # train on exactly the segments of one process with batch N * B
             rng = np.random.default_rng([self.seed, position])
-            if self.speed_perturb > 0:
-                rate = float(rng.uniform(1, 1 + self.speed_perturb))
-                out[i] = self._perturbed_row(clip, rng, rate)
-                continue
             slack = clip.samples - self.segment_length
             offset = int(rng.integers(0, slack + 1)) if slack > 0 else 0
             before = min(ctx, offset)
             out[i, ctx - before :] = read_segment(clip, offset - before, before + self.segment_length)
         return torch.from_numpy(out)
-
-    def _perturbed_row(self, clip: Clip, rng: np.random.Generator, rate: float) -> np.ndarray:
-        """One row at ``rate``: ``context + segment_length`` samples, the context included."""
-        width = self.context + self.segment_length
-        span = round(width * rate)  # the clip's samples the row covers
-        slack = clip.samples - span
-        offset = int(rng.integers(0, slack + 1)) if slack > 0 else 0
-        # read a margin either side, so the resampler's edges fall outside the row
-        before = min(SPEED_MARGIN, offset)
-        audio = read_segment(clip, offset - before, before + span + SPEED_MARGIN)
-        return speed_segment(audio, rate, before, width)
 
 
 def _ignore_stop_signals(worker_id: int) -> None:

@@ -505,7 +505,6 @@ class Trainer:
             ctx.rank,
             ctx.world_size,
             context=cfg.model.lpc_order,
-            speed_perturb=cfg.train.speed_perturb,
         )
         if ctx.main:
             from torch.utils.tensorboard import SummaryWriter
