@@ -317,7 +317,7 @@ def test_level_above_the_mels_top_against_closed_forms():
     assert _nanmean([1.0, np.nan, 3.0]) == 2.0 and _nanmean([1.0, -np.inf]) == -np.inf
     assert np.isnan(_nanmean([np.nan, np.nan]))
     figures = {"mel_l1": 0.1, "pesq_wb": 3.0, "stoi": 0.9, "peak_over_ref_db_max": 0.5, "level_above_fmax_db": np.nan}
-    table = format_table({"n_clips": 1, "audio_seconds": 1.0, "summary": {"waveflow": figures}})
+    table = format_table({"n_clips": 1, "audio_seconds": 1.0, "f_max": 8000.0, "summary": {"waveflow": figures}})
     assert table.splitlines()[-1].endswith("| +0.50 | - |") and "level above 8 kHz (dB)" in table
 
 
